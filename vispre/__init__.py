@@ -1,0 +1,3 @@
+"""vispre: self-supervised vision pretraining on timm ViTs."""
+
+__version__ = "0.1.0"
