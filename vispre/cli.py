@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ SUBCOMMANDS = {
     "grow": "vispre.growth.cli:main",
     "bench": "vispre.bench:main",
 }
+# TensorBoard and CSV logs share one run folder on purpose; the CSV logger's warning about it is noise.
+warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError, RuntimeError)
 
 

@@ -189,7 +189,8 @@ def describe_vit(vit: VisionTransformer) -> dict[str, object]:
         "mlp_ratio": block.mlp.fc1.out_features / vit.embed_dim,
         "qkv_bias": block.attn.qkv.bias is not None,
         "qk_norm": not isinstance(block.attn.q_norm, nn.Identity),
-        "init_values": float(block.ls1.gamma.flatten()[0].item()) if has_layer_scale else None,
+        # Only the presence of LayerScale shapes the model; the value is a placeholder init.
+        "init_values": 1e-5 if has_layer_scale else None,
         "class_token": vit.cls_token is not None,
         "reg_tokens": int(vit.num_reg_tokens),
         "no_embed_class": bool(vit.no_embed_class),

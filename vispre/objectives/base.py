@@ -68,7 +68,22 @@ class PretrainObjective(L.LightningModule):
         """Record the backbone architecture (also after growth) so a checkpoint can be loaded alone."""
         checkpoint["vispre"] = {"objective": type(self).__name__, "backbone": describe_vit(self.backbone.vit)}
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another backbone architecture with one clear message (before the
+        state dict is loaded and fails with a long list of size mismatches)."""
+        saved = (checkpoint.get("vispre") or {}).get("backbone")
+        if saved is not None:
+            check_same_architecture(saved, describe_vit(self.backbone.vit))
+
     @torch.no_grad()
     def extract_features(self, images: Tensor) -> Tensor:
         """Frozen pooled backbone features: [B, C, H, W] -> [B, D]."""
         return self.backbone(images)
+
+
+def check_same_architecture(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raise ValueError naming every architecture argument that differs (timm model name excluded)."""
+    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs model {current.get(k)!r}"
+             for k in sorted(set(saved) | set(current)) if k != "model_name" and saved.get(k) != current.get(k)]
+    if diffs:
+        raise ValueError("checkpoint was saved from a different backbone architecture (" + "; ".join(diffs) + ")")
