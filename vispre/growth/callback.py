@@ -85,19 +85,27 @@ class GrowthCallback(L.Callback):
 
     # -- resume --------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        path = trainer.ckpt_path
-        if stage != "fit" or not path:
+        """Chain :meth:`regrow` in front of the module's ``on_load_checkpoint`` (Lightning calls it before the
+        state dict loads; ``trainer.ckpt_path`` is not known yet at setup). See docs/growth.md: a
+        ``PretrainObjective.on_load_checkpoint`` hook calling :meth:`regrow` would replace this wrapper."""
+        if stage != "fit" or getattr(pl_module, "_vispre_growth_hooked", False):
             return
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        original = pl_module.on_load_checkpoint
+
+        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+            self.regrow(pl_module, checkpoint)
+            original(checkpoint)
+
+        pl_module.on_load_checkpoint = on_load_checkpoint
+        pl_module._vispre_growth_hooked = True
+
+    def regrow(self, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Grow a fresh module to a post-growth checkpoint's architecture (weights are loaded afterwards)."""
         state = checkpoint.get("callbacks", {}).get(self.state_key)
-        if state is None or state["grown_at"] is None:
+        if state is None or state["grown_at"] is None or self.grown_at is not None:
             return
         self.load_state_dict(state)
         grow_objective(pl_module, self.spec)
-        want = checkpoint.get("vispre", {}).get("backbone")
-        have = describe_vit(pl_module.backbone.vit)
-        if want is not None and want != have:
-            raise ValueError(f"checkpoint {path}: recorded backbone {want} differs from the regrown {have}")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.grown_at is not None and self.schedule:  # resumed after growth: grown optimizer structure
