@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from vispre.callbacks.safety import AtomicCheckpointIO, NonFiniteLossGuard, RNGStateCheckpoint
 from vispre.objectives.base import PretrainObjective
 
 LIGHTNING_COMMANDS = ("fit", "validate")
@@ -59,8 +61,15 @@ class VispreCLI(LightningCLI):
         kwargs["logger"] = [tensorboard, csv]
         callbacks = list(kwargs.get("callbacks") or [])
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-            callbacks.append(ModelCheckpoint(save_last=True, save_top_k=0))
+            # save_top_k=1: with 0, Lightning writes last.ckpt only when fit ends (a killed run keeps nothing)
+            callbacks.append(ModelCheckpoint(save_last=True, save_top_k=1))
+        callbacks += [cls() for cls in (NonFiniteLossGuard, RNGStateCheckpoint)
+                      if not any(isinstance(c, cls) for c in callbacks)]
         kwargs["callbacks"] = callbacks
+        plugins = list(kwargs.get("plugins") or [])
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        kwargs["plugins"] = plugins
         return super().instantiate_trainer(**kwargs)
 
 
