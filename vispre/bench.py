@@ -1,0 +1,222 @@
+"""``vispre bench``: train-step throughput of a config's objective (images/s, step time, peak memory, MFU).
+
+    vispre bench --config configs/mae/vit_tiny_fashion_mnist.yaml [--steps 20] [--batch_size 256]
+                 [--device cpu|cuda] [--precision bf16-mixed] [--compile] [--out bench.json]
+
+What is timed: one optimizer step of the objective (``loss_terms`` forward, backward, the recipe's
+AdamW/LARS step, zero_grad) on a fixed synthetic batch of the backbone's image size, after warm-up steps;
+data loading is not included. Peak memory: ``torch.cuda.max_memory_allocated`` on a GPU, the process's
+peak resident set size (``ru_maxrss``, includes Python and torch themselves) on CPU.
+
+FLOPs (for MFU): ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward step; it counts
+matrix multiplies, convolutions and SDPA attention (forward and backward) and ignores element-wise ops
+and the optimizer, so MFU = counted FLOPs / step time / the device's dense bf16 peak (H100 SXM: 989 TFLOP/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vispre.objectives.base import PretrainObjective
+
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+"""Dense bf16 tensor-core peaks (vendor datasheets, no sparsity) by GPU-name substring."""
+
+
+class BenchResult(NamedTuple):
+    """One benchmark row (JSON via ``_asdict()``)."""
+
+    name: str
+    device: str
+    precision: str
+    batch_size: int
+    steps: int
+    step_ms_median: float
+    step_ms_min: float
+    images_per_s: float
+    peak_memory_mb: float
+    peak_memory_kind: str
+    flops_per_step: float
+    mfu: float | None
+
+
+def synthetic_batch(model: PretrainObjective, batch_size: int, num_views: int, device: torch.device) -> dict:
+    """A fixed random batch ``{"views": [num_views x [B, C, H, W]], "label": [B]}`` of the backbone's size."""
+    vit = model.backbone.vit
+    size, chans = vit.patch_embed.img_size, vit.patch_embed.proj.in_channels
+    gen = torch.Generator().manual_seed(0)
+    views = [torch.randn(batch_size, chans, *size, generator=gen).to(device) for _ in range(num_views)]
+    return {"views": views, "label": torch.zeros(batch_size, dtype=torch.int64, device=device)}
+
+
+def make_train_step(model: PretrainObjective, batch: dict, optimizer: torch.optim.Optimizer,
+                    autocast: Callable[[], object]) -> Callable[[], torch.Tensor]:
+    """Closure running one full optimizer step of ``model.loss_terms`` on ``batch``; returns the loss."""
+
+    def step() -> torch.Tensor:
+        with autocast():
+            loss = model.loss_terms(batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def time_steps(step: Callable[[], torch.Tensor], steps: int, warmup: int, device: torch.device) -> list[float]:
+    """Run ``warmup`` untimed then ``steps`` timed calls; seconds per call (device-synchronised)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def count_flops(model: PretrainObjective, batch: dict, autocast: Callable[[], object]) -> float:
+    """Matmul/conv/attention FLOPs of one forward + backward of ``loss_terms`` (FlopCounterMode)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with autocast():
+            loss = model.loss_terms(batch)["loss"]
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    """Dense bf16 peak of the current GPU from :data:`PEAK_BF16_TFLOPS`, None on CPU or an unknown GPU."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def bench_objective(model: PretrainObjective, name: str, batch_size: int, steps: int = 20, warmup: int = 3,
+                    device: str = "cpu", precision: str = "32-true", num_views: int = 2,
+                    peak: float | None = None) -> BenchResult:
+    """Measure one objective's train step.
+
+    Args:
+        model: the objective (moved to ``device``; its optimizer recipe builds the optimizer).
+        name: row label. batch_size: per-step batch. steps/warmup: timed and untimed steps.
+        device: "cpu" or "cuda". precision: "32-true" or "bf16-mixed".
+        num_views: views in the synthetic batch (MAE uses the first; contrastive objectives two).
+        peak: device peak TFLOP/s for MFU (default from :func:`peak_tflops`).
+
+    Returns:
+        BenchResult with median/min step time, images/s (batch / median step), peak memory, FLOPs, MFU.
+    """
+    if precision not in ("32-true", "bf16-mixed"):
+        raise ValueError(f"precision must be '32-true' or 'bf16-mixed', got {precision!r}")
+    dev = torch.device(device)
+    model = model.to(dev).train()
+    batch = synthetic_batch(model, batch_size, num_views, dev)
+    optimizer = model.optimizer_recipe.build(model, batch_size, steps + warmup).optimizer
+    bf16 = precision == "bf16-mixed"
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+    flops = count_flops(model, batch, autocast)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = time_steps(make_train_step(model, batch, optimizer, autocast), steps, warmup, dev)
+    median = statistics.median(times)
+    if dev.type == "cuda":
+        memory, kind = torch.cuda.max_memory_allocated(dev) / 2**20, "cuda_max_allocated"
+    else:
+        memory, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"
+    peak = peak if peak is not None else peak_tflops(dev)
+    mfu = flops / median / (peak * 1e12) if peak else None
+    return BenchResult(name, _device_name(dev), precision, batch_size, steps, 1e3 * median, 1e3 * min(times),
+                       batch_size / median, memory, kind, flops, mfu)
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def load_objective(configs: list[str], overrides: list[str]) -> PretrainObjective:
+    """Build the objective of a vispre YAML config (several configs merge left to right), without data."""
+    from vispre.cli import VispreCLI
+
+    args = [a for c in configs for a in ("--config", c)] + overrides
+    with tempfile.TemporaryDirectory() as runs:
+        cli = VispreCLI(PretrainObjective, subclass_mode_model=True, subclass_mode_data=True, run=False,
+                        auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
+                        args=[*args, f"--runs_dir={runs}", "--trainer.logger=false"])
+    return cli.model
+
+
+def main(argv: list[str]) -> int:
+    """``vispre bench``: print one JSON row per run (and write them to ``--out``)."""
+    parser = argparse.ArgumentParser(prog="vispre bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", action="append", required=True, help="vispre YAML (repeat to merge)")
+    parser.add_argument("--batch_size", type=int, default=None, help="default: the config's data batch_size")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default=None, help="default: bf16-mixed on a bf16 GPU, else 32-true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile loss_terms (eager fallback)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU")
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON rows here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra LightningCLI override, e.g. --set model.mask_ratio=0.9")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from vispre.cli import default_precision
+
+    precision = args.precision or (default_precision() if args.device == "cuda" else "32-true")
+    model = load_objective(args.config, [f"--{s}" for s in args.set])
+    batch_size = args.batch_size or _config_batch_size(args.config)
+    if args.compile:
+        from vispre.callbacks.speed import SpeedSwitchboard, apply_switches
+
+        apply_switches(model, SpeedSwitchboard(compile=True))
+    name = " + ".join(Path(c).stem for c in args.config) + (" +compile" if args.compile else "")
+    row = bench_objective(model, name, batch_size, args.steps, args.warmup, args.device, precision,
+                          peak=args.peak_tflops)._asdict()
+    print(json.dumps(row))
+    if args.out is not None:
+        write_json_atomically(args.out, [row])
+    return 0
+
+
+def _config_batch_size(configs: list[str]) -> int:
+    import yaml
+
+    for config in reversed(configs):
+        data = (yaml.safe_load(Path(config).read_text()) or {}).get("data") or {}
+        size = (data.get("init_args") or {}).get("batch_size")
+        if isinstance(size, int):
+            return size
+    raise ValueError("no data.init_args.batch_size in the config(s); pass --batch_size")
+
+
+def write_json_atomically(path: Path, rows: list[dict]) -> None:
+    """Write rows as JSON via a temporary file + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    os.replace(tmp, path)
