@@ -59,18 +59,26 @@ class VispreCLI(LightningCLI):
         tensorboard = TensorBoardLogger(config.get("runs_dir", "runs"), name=name, default_hp_metric=False)
         csv = CSVLogger(tensorboard.save_dir, name=name, version=f"version_{tensorboard.version}")
         kwargs["logger"] = [tensorboard, csv]
-        callbacks = list(kwargs.get("callbacks") or [])
+        # kwargs replace the YAML's trainer entries, so start from the YAML's own callbacks/plugins
+        from_yaml = self._get(self.config_init, "trainer", default={}) or {}
+        callbacks = _as_list(kwargs.get("callbacks") or from_yaml.get("callbacks"))
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             # save_top_k=1: with 0, Lightning writes last.ckpt only when fit ends (a killed run keeps nothing)
             callbacks.append(ModelCheckpoint(save_last=True, save_top_k=1))
         callbacks += [cls() for cls in (NonFiniteLossGuard, RNGStateCheckpoint)
                       if not any(isinstance(c, cls) for c in callbacks)]
         kwargs["callbacks"] = callbacks
-        plugins = list(kwargs.get("plugins") or [])
+        plugins = _as_list(kwargs.get("plugins") or from_yaml.get("plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         kwargs["plugins"] = plugins
         return super().instantiate_trainer(**kwargs)
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _config_stem(config: Any) -> str | None:
