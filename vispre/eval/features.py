@@ -1,0 +1,114 @@
+"""Frozen-feature extraction (one pass, several feature choices) with an on-disk cache.
+
+Feature choices, all from a frozen timm ViT (``forward_intermediates`` with the final norm applied):
+    cls         the class token of the last block (mean patch token when the model has no class token)
+    mean        the mean patch token of the last block
+    cls_mean    [cls ; mean]  (DINOv2's linear-probe feature)
+    last4       [cls ; mean] of each of the last 4 blocks
+    grid2       [cls ; 2x2 average-pooled patch tokens] of the last block (keeps coarse spatial layout)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from vispre.data.transforms import ViewTransform
+
+FEATURE_CHOICES = ("cls", "mean", "cls_mean", "last4", "grid2")
+
+
+def _token_features(vit: VisionTransformer, images: Tensor, choices: Sequence[str]) -> dict[str, Tensor]:
+    """[B, C, H, W] -> {choice: [B, D_choice]} for one batch."""
+    depth = len(vit.blocks)
+    n = min(4, depth)
+    layers = vit.forward_intermediates(images, indices=n, return_prefix_tokens=True, norm=True,
+                                       output_fmt="NLC", intermediates_only=True)
+    summaries = []
+    for patches, prefix in layers:
+        cls = prefix[:, 0] if vit.cls_token is not None else patches.mean(1)
+        summaries.append((cls, patches.mean(1)))
+    cls, mean = summaries[-1]
+    out: dict[str, Tensor] = {}
+    for choice in choices:
+        if choice == "cls":
+            out[choice] = cls
+        elif choice == "mean":
+            out[choice] = mean
+        elif choice == "cls_mean":
+            out[choice] = torch.cat([cls, mean], dim=1)
+        elif choice == "last4":
+            out[choice] = torch.cat([t for pair in summaries for t in pair], dim=1)
+        elif choice == "grid2":
+            patches = layers[-1][0]
+            gh, gw = vit.patch_embed.grid_size
+            grid = patches.transpose(1, 2).reshape(patches.shape[0], -1, gh, gw)
+            out[choice] = torch.cat([cls, F.adaptive_avg_pool2d(grid, 2).flatten(1)], dim=1)
+        else:
+            raise ValueError(f"unknown feature choice {choice!r}; expected one of {FEATURE_CHOICES}")
+    return out
+
+
+@torch.inference_mode()
+def extract_features(vit: VisionTransformer, images: Tensor, view: ViewTransform,
+                     choices: Sequence[str] = FEATURE_CHOICES, batch_size: int = 512,
+                     desc: str = "features") -> dict[str, Tensor]:
+    """Run the frozen backbone once over ``images`` and return every feature choice.
+
+    Args:
+        vit: timm VisionTransformer (put in eval mode for the pass, mode restored after).
+        images: [N, C, H, W] uint8 images.
+        view: deterministic view transform (e.g. EvalView) applied per image.
+        choices: subset of FEATURE_CHOICES.
+        batch_size: images per forward pass.
+
+    Returns:
+        {choice: [N, D_choice] float32}.
+    """
+    device = next(vit.parameters()).device
+    was_training = vit.training
+    vit.eval()
+    chunks: dict[str, list[Tensor]] = {c: [] for c in choices}
+    for start in tqdm(range(0, images.shape[0], batch_size), desc=desc, leave=False):
+        batch = torch.stack([view(img)[0] for img in images[start: start + batch_size]]).to(device)
+        for choice, feats in _token_features(vit, batch, choices).items():
+            chunks[choice].append(feats.float().cpu())
+    vit.train(was_training)
+    return {c: torch.cat(v) for c, v in chunks.items()}
+
+
+def cache_key(vit: VisionTransformer, *parts: object) -> str:
+    """sha256 over the backbone's parameters and buffers and the given descriptors (split, transform...)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vit.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for part in parts:
+        digest.update(repr(part).encode())
+    return digest.hexdigest()[:24]
+
+
+def cached_features(vit: VisionTransformer, images: Tensor, view: ViewTransform, cache_dir: str | Path | None,
+                    key_parts: Sequence[object], choices: Sequence[str] = FEATURE_CHOICES,
+                    desc: str = "features") -> dict[str, Tensor]:
+    """:func:`extract_features`, reusing ``<cache_dir>/<key>.safetensors`` when present (written atomically)."""
+    if cache_dir is None:
+        return extract_features(vit, images, view, choices, desc=desc)
+    path = Path(cache_dir) / f"{cache_key(vit, tuple(choices), *key_parts)}.safetensors"
+    if path.exists():
+        return load_file(str(path))
+    feats = extract_features(vit, images, view, choices, desc=desc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in feats.items()}, str(tmp))
+    tmp.replace(path)
+    return feats

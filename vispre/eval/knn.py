@@ -1,0 +1,56 @@
+"""Weighted k-nearest-neighbour classification on frozen features (DINO protocol).
+
+Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021 (arXiv 2104.14294),
+Sec. 4.1 / `eval_knn.py`: cosine similarity, top-k neighbours vote with weight exp(sim / T), T = 0.07.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@torch.inference_mode()
+def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes: int,
+                ks: Sequence[int] = (10, 20, 100, 200), temperature: float = 0.07,
+                chunk_size: int = 1024) -> dict[int, Tensor]:
+    """Predict labels for every k in ``ks`` in one pass over the bank.
+
+    Args:
+        bank: [N, D] reference features (L2-normalised here).
+        bank_labels: [N] int64 labels in [0, num_classes).
+        queries: [M, D] features to classify.
+        num_classes: C.
+        ks: neighbour counts; each must be <= N.
+        temperature: T in the vote weight exp(sim / T).
+        chunk_size: queries per similarity matmul (memory: chunk_size x N floats).
+
+    Returns:
+        {k: [M] int64 predicted labels}.
+    """
+    if bank.shape[0] != bank_labels.shape[0]:
+        raise ValueError(f"bank has {bank.shape[0]} features but {bank_labels.shape[0]} labels")
+    if max(ks) > bank.shape[0]:
+        raise ValueError(f"k={max(ks)} exceeds the bank size {bank.shape[0]}")
+    bank = F.normalize(bank.float(), dim=1)
+    queries = F.normalize(queries.float(), dim=1)
+    k_max = max(ks)
+    preds: dict[int, list[Tensor]] = {k: [] for k in ks}
+    for start in range(0, queries.shape[0], chunk_size):
+        sims, idx = (queries[start: start + chunk_size] @ bank.T).topk(k_max, dim=1)  # sorted, descending
+        weights = (sims / temperature).exp()
+        one_hot = F.one_hot(bank_labels[idx], num_classes).to(weights.dtype)  # [m, k_max, C]
+        votes = (weights.unsqueeze(-1) * one_hot).cumsum(dim=1)  # votes of the top-j for every j
+        for k in ks:
+            preds[k].append(votes[:, k - 1].argmax(dim=1))
+    return {k: torch.cat(v) for k, v in preds.items()}
+
+
+def knn_top1(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor, num_classes: int,
+             ks: Sequence[int] = (10, 20, 100, 200), temperature: float = 0.07) -> dict[int, float]:
+    """Top-1 accuracy of :func:`knn_predict` for every k: {k: accuracy in [0, 1]}."""
+    preds = knn_predict(bank, bank_labels, queries, num_classes, ks, temperature)
+    return {k: (p == query_labels).float().mean().item() for k, p in preds.items()}

@@ -1,0 +1,99 @@
+"""The evaluation suite: for each task, cached frozen features -> kNN and linear-probe sweeps, with the
+feature choice selected on a validation split carved from train, and the number reported on test."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from vispre.data.fashion_mnist import MEAN, STD, load_fashion_mnist
+from vispre.data.transforms import EvalView
+from vispre.eval.features import FEATURE_CHOICES, cached_features
+from vispre.eval.knn import knn_top1
+from vispre.eval.linear_probe import linear_probe_sweep, split_train_val
+
+DATASETS = {"fashion_mnist": (load_fashion_mnist, MEAN, STD, 10)}
+
+
+@dataclass
+class EvalTask:
+    """One evaluation task of the suite (a YAML list entry).
+
+    Attributes:
+        name: key in report.json. dataset: a name in DATASETS. root: optional data folder.
+        features: feature choices to compare (see vispre.eval.features). ks/temperature: kNN settings.
+        lrs/weight_decays/epochs: linear-probe sweep grid. val_fraction: part of train used for selection.
+        report_k: the k reported as ``knn_top1``.
+    """
+
+    name: str = "fashion_mnist"
+    dataset: str = "fashion_mnist"
+    root: str | None = None
+    features: Sequence[str] = FEATURE_CHOICES
+    ks: Sequence[int] = (10, 20, 100, 200)
+    temperature: float = 0.07
+    report_k: int = 20
+    lrs: Sequence[float] = (0.01, 0.03, 0.1, 0.3)
+    weight_decays: Sequence[float] = (0.0, 1e-4)
+    epochs: int = 30
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"task {self.name!r}: unknown dataset {self.dataset!r}; expected one of {sorted(DATASETS)}")
+        if self.report_k not in self.ks:
+            raise ValueError(f"task {self.name!r}: report_k {self.report_k} is not among ks {list(self.ks)}")
+
+
+def evaluate_task(vit: VisionTransformer, task: EvalTask, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run kNN and the linear sweep for every feature choice; select each on val, report test.
+
+    Returns:
+        The task's report.json entry: knn_top1, linear_top1 (test, selected on val), the chosen feature and
+        hyper-parameters, and per-feature details (``knn`` and ``linear``), plus arrays for plots under ``_plot``.
+    """
+    load, mean, std, num_classes = DATASETS[task.dataset]
+    train, test = load("train", task.root), load("test", task.root)
+    view = EvalView(int(vit.patch_embed.img_size[0]), mean=mean, std=std)
+    ftrain = cached_features(vit, train.images, view, cache_dir, (task.dataset, "train", view), task.features,
+                             desc=f"{task.name} train features")
+    ftest = cached_features(vit, test.images, view, cache_dir, (task.dataset, "test", view), task.features,
+                            desc=f"{task.name} test features")
+    tr, va = split_train_val(len(train.labels), task.val_fraction)
+    knn_rows, probe_rows, probes = {}, {}, {}
+    for choice in task.features:
+        x, y = ftrain[choice], train.labels
+        val_knn = knn_top1(x[tr], y[tr], x[va], y[va], num_classes, (task.report_k,), task.temperature)
+        test_knn = knn_top1(x, y, ftest[choice], test.labels, num_classes, task.ks, task.temperature)
+        knn_rows[choice] = {"val_top1": val_knn[task.report_k], **{f"k{k}": v for k, v in test_knn.items()}}
+        probe = linear_probe_sweep(x, y, ftest[choice], test.labels, num_classes, task.lrs, task.weight_decays,
+                                   task.epochs, val_fraction=task.val_fraction)
+        probes[choice] = probe
+        probe_rows[choice] = {"val_top1": probe.val_top1, "test_top1": probe.test_top1, "lr": probe.lr,
+                              "weight_decay": probe.weight_decay}
+    best_knn = max(knn_rows, key=lambda c: knn_rows[c]["val_top1"])
+    best_lin = max(probe_rows, key=lambda c: probe_rows[c]["val_top1"])
+    return {
+        "knn_top1": knn_rows[best_knn][f"k{task.report_k}"], "knn_feature": best_knn, "knn_k": task.report_k,
+        "linear_top1": probe_rows[best_lin]["test_top1"], "linear_feature": best_lin,
+        "linear_lr": probe_rows[best_lin]["lr"], "linear_weight_decay": probe_rows[best_lin]["weight_decay"],
+        "selected_on": f"validation split ({task.val_fraction:.0%} of train); test never used for selection",
+        "knn": knn_rows, "linear": probe_rows,
+        "_plot": {"probe": probes, "best": best_lin, "test_labels": test.labels, "test_features": ftest[best_lin],
+                  "classes": num_classes},
+    }
+
+
+def run_suite(vit: VisionTransformer, tasks: Sequence[EvalTask], backbone_name: str,
+              cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate ``vit`` on every task; returns the report dict (``{"backbone", "tasks": {name: {...}}}``).
+
+    The backbone is left bit-identical (features are extracted in inference mode, mode restored).
+    """
+    torch.manual_seed(0)
+    return {"backbone": backbone_name, "tasks": {t.name: evaluate_task(vit, t, cache_dir) for t in tasks}}
