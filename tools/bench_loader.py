@@ -1,0 +1,121 @@
+"""Images/s of the webdataset streaming loader vs torchvision ImageFolder over the same JPEGs.
+
+Writes N Fashion-MNIST training images as JPEGs (class sub-folders) to a cache folder once, shards of the
+same JPEG bytes with ``vispre shards folder``'s writer, then times, side by side in one run and in
+alternating order, one epoch-slice of each loader with the same view transform, batch size and workers.
+Also times the in-memory quickstart DataModule and the PNG quickstart shards. Prints JSON.
+
+    flock /tmp/vispre-heavy.lock .venv/bin/python tools/bench_loader.py --num-images 12000 --workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+from torchvision.io import ImageReadMode, decode_image
+
+from vispre.data import shards as sh
+from vispre.data.datamodule import FashionMNISTDataModule
+from vispre.data.fashion_mnist import MEAN, STD, load_fashion_mnist
+from vispre.data.streaming import WebDatasetDataModule
+from vispre.data.transforms import MAEView
+
+
+def write_jpegs(folder: Path, num_images: int) -> None:
+    """Fashion-MNIST train images 0..N-1 as ``folder/CLASS/NNNNNN.jpg`` (once; reused when complete)."""
+    done = folder / ".complete"
+    if done.is_file() and done.read_text() == str(num_images):
+        return
+    data = load_fashion_mnist("train")
+    for i in range(num_images):
+        (folder / str(int(data.labels[i]))).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(data.images[i, 0].numpy()).save(folder / str(int(data.labels[i])) / f"{i:06d}.jpg", quality=95)
+    done.write_text(str(num_images))
+
+
+def grey_pil(path: str) -> Image.Image:
+    return Image.open(path).convert("L")
+
+
+def tv_decode(path: str) -> torch.Tensor:
+    return decode_image(path, mode=ImageReadMode.GRAY)
+
+
+def time_loader(loader: Iterable, batches: int) -> float:
+    """Images/s over ``batches`` batches, after one warm-up batch (worker start-up excluded)."""
+    it = iter(loader)
+    next(it)
+    start, n = time.perf_counter(), 0
+    for _ in range(batches):
+        batch = next(it)
+        batch = batch if isinstance(batch, dict) else batch[0]  # ImageFolder: (views dict, target)
+        n += batch["views"][0].shape[0]
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--num-images", type=int, default=12000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batches", type=int, default=20, help="timed batches per loader and round")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--cache", default=".cache/bench_loader")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    cache = Path(args.cache)
+    write_jpegs(cache / "jpg", args.num_images)
+    if sh.read_index(cache / "wds") is None:
+        files, classes = sh.folder_samples(cache / "jpg", labels=True)
+        sh.write_shards(sh._FolderItems(cache / "jpg", files, classes), cache / "wds", samples_per_shard=2000,
+                        metadata={"source": "folder", "classes": classes})
+    view = MAEView(28, mean=MEAN, std=STD)
+
+    def folder_loader(loader_fn) -> DataLoader:
+        dataset = ImageFolder(str(cache / "jpg"), transform=lambda im: {"views": view(im)}, loader=loader_fn)
+        return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                          drop_last=True, persistent_workers=args.workers > 0)
+
+    def stream(urls: str) -> WebDatasetDataModule:
+        return WebDatasetDataModule(urls, batch_size=args.batch_size, num_workers=args.workers, view=view,
+                                    in_chans=1, shuffle_buffer=5000, epoch_samples=10**7, resampled=True)
+
+    memory = FashionMNISTDataModule(batch_size=args.batch_size, num_workers=args.workers, view=view)
+    memory.setup()
+    loaders = {"streaming_wds_jpg": stream(str(cache / "wds")).train_dataloader(),
+               "imagefolder_pil": folder_loader(grey_pil),
+               "imagefolder_tv_decode": folder_loader(tv_decode),
+               "in_memory_fashion_mnist": memory.train_dataloader()}
+    if sh.read_index("data/fashion_mnist_wds") is not None:
+        loaders["streaming_wds_png_quickstart"] = stream("data/fashion_mnist_wds").train_dataloader()
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
+    for round_ in range(args.rounds):
+        for name in (list(loaders) if round_ % 2 == 0 else list(reversed(loaders))):
+            rates[name].append(time_loader(loaders[name], args.batches))
+    best = {name: max(r) for name, r in rates.items()}
+    result = {
+        "machine": f"{torch.get_num_threads()}-thread torch, {platform.processor() or platform.machine()}, "
+                   f"{len(__import__('os').sched_getaffinity(0))} CPU cores available, no GPU",
+        "date": time.strftime("%Y-%m-%d"), "num_images": args.num_images, "workers": args.workers,
+        "batch_size": args.batch_size, "timed_images_per_round": args.batches * args.batch_size,
+        "images_per_s_best": {k: round(v, 1) for k, v in best.items()},
+        "images_per_s_all_rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+        "ratio_streaming_vs_imagefolder_pil": round(best["streaming_wds_jpg"] / best["imagefolder_pil"], 2),
+        "ratio_streaming_vs_imagefolder_tv_decode": round(best["streaming_wds_jpg"] / best["imagefolder_tv_decode"], 2),
+        "ratio_streaming_png_vs_in_memory": round(best.get("streaming_wds_png_quickstart", float("nan"))
+                                                   / best["in_memory_fashion_mnist"], 2),
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
