@@ -144,3 +144,18 @@ def test_missing_shard_of_a_set_is_skipped_and_counted(tmp_path: Path) -> None:
     shutil.move(tmp_path / "shard-000001.tar", tmp_path / "gone.tar")
     labels, _ = labels_of(dm.train_dataloader())
     assert sorted(labels) == [0, 1, 2, 3, 8, 9, 10, 11] and dm.loader.stream.counter.totals() == (9, 1)
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist_wds", "imagenet_wds"])
+def test_data_configs_build(name: str, shard_dir: Path) -> None:
+    import jsonargparse
+    import yaml
+    from lightning import LightningDataModule
+
+    parser = jsonargparse.ArgumentParser()
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "data" / f"{name}.yaml").read_text())
+    config["data"]["init_args"]["urls"] = str(shard_dir)  # the real shards are not on the test machine
+    dm = parser.instantiate_classes(parser.parse_object(config)).data
+    assert isinstance(dm, WebDatasetDataModule) and dm.shards.counts == [6] * 8 + [5]
+    assert dm.in_chans == (1 if name == "fashion_mnist_wds" else 3) and isinstance(dm.batch_size, int)
