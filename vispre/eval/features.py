@@ -22,7 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vispre.data.transforms import ViewTransform
+from vispre.data.transforms import EvalView, ViewTransform
 
 FEATURE_CHOICES = ("cls", "mean", "cls_mean", "last4", "grid2")
 
@@ -58,6 +58,13 @@ def _token_features(vit: VisionTransformer, images: Tensor, choices: Sequence[st
     return out
 
 
+def _apply_view(view: ViewTransform, images: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B, C', h, w]; EvalView (deterministic, per-image ops) runs on the whole batch at once."""
+    if isinstance(view, EvalView):
+        return view(images)[0]
+    return torch.stack([view(img)[0] for img in images])
+
+
 @torch.inference_mode()
 def extract_features(vit: VisionTransformer, images: Tensor, view: ViewTransform,
                      choices: Sequence[str] = FEATURE_CHOICES, batch_size: int = 512,
@@ -79,7 +86,7 @@ def extract_features(vit: VisionTransformer, images: Tensor, view: ViewTransform
     vit.eval()
     chunks: dict[str, list[Tensor]] = {c: [] for c in choices}
     for start in tqdm(range(0, images.shape[0], batch_size), desc=desc, leave=False):
-        batch = torch.stack([view(img)[0] for img in images[start: start + batch_size]]).to(device)
+        batch = _apply_view(view, images[start: start + batch_size]).to(device)
         for choice, feats in _token_features(vit, batch, choices).items():
             chunks[choice].append(feats.float().cpu())
     vit.train(was_training)

@@ -26,10 +26,12 @@ def public_report(report: dict[str, Any]) -> dict[str, Any]:
 def markdown_table(report: dict[str, Any]) -> str:
     """A short Markdown table: one row per task."""
     lines = [f"Backbone: `{report['backbone']}`", "",
-             "| task | kNN top-1 (k) | feature | linear top-1 | feature | lr / wd |", "|---|---|---|---|---|---|"]
+             "| task | kNN top-1 (k) | feature | linear top-1 | feature | lr / wd / optimizer |",
+             "|---|---|---|---|---|---|"]
     for name, t in report["tasks"].items():
         lines.append(f"| {name} | {t['knn_top1']:.4f} (k={t['knn_k']}) | {t['knn_feature']} | "
-                     f"{t['linear_top1']:.4f} | {t['linear_feature']} | {t['linear_lr']} / {t['linear_weight_decay']} |")
+                     f"{t['linear_top1']:.4f} | {t['linear_feature']} | {t['linear_lr']} / {t['linear_weight_decay']} / "
+                     f"{t['linear_optimizer']} |")
     lines += ["", "Feature choice and probe hyper-parameters selected on a validation split carved from train; "
               "numbers on test."]
     return "\n".join(lines) + "\n"
@@ -44,9 +46,10 @@ def write_plots(task_name: str, plot: dict[str, Any], out_dir: Path) -> list[Pat
 
     paths = []
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for choice, probe in plot["probe"].items():
-        lrs = sorted({r.lr for r in probe.rows})
-        best = [max(r.val_top1 for r in probe.rows if r.lr == lr) for lr in lrs]
+    rows = plot["probe"].rows
+    for choice in dict.fromkeys(r.feature for r in rows):
+        lrs = sorted({r.lr for r in rows if r.feature == choice})
+        best = [max(r.val_top1 for r in rows if r.feature == choice and r.lr == lr) for lr in lrs]
         ax.plot(lrs, best, marker="o", label=choice)
     ax.set(xscale="log", xlabel="learning rate", ylabel="val top-1", title=f"{task_name}: linear probe sweep")
     ax.legend(fontsize=7)
@@ -59,10 +62,10 @@ def write_plots(task_name: str, plot: dict[str, Any], out_dir: Path) -> list[Pat
     fig, ax = plt.subplots(figsize=(5, 4.5))
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels.numpy(), cmap="tab10", s=2)
     ax.legend(*sc.legend_elements(), fontsize=6, loc="best", title="class")
-    ax.set(title=f"{task_name}: test features ({plot['best']}), PCA")
+    ax.set(title=f"{task_name}: test features ({plot['probe'].best.feature}), PCA")
     paths.append(_save(fig, out_dir / f"{task_name}_embedding.png"))
 
-    probe = plot["probe"][plot["best"]]
+    probe = plot["probe"]
     c = plot["classes"]
     confusion = torch.zeros(c, c, dtype=torch.long)
     confusion.index_put_((labels, probe.test_predictions), torch.ones_like(labels), accumulate=True)

@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
+from tqdm.auto import tqdm
 
 from vispre.data.fashion_mnist import MEAN, STD, load_fashion_mnist
 from vispre.data.transforms import EvalView
 from vispre.eval.features import FEATURE_CHOICES, cached_features
 from vispre.eval.knn import knn_top1
-from vispre.eval.linear_probe import linear_probe_sweep, split_train_val
+from vispre.eval.linear_probe import OPTIMIZERS, linear_probe_sweep, split_train_val
 
 DATASETS = {"fashion_mnist": (load_fashion_mnist, MEAN, STD, 10)}
 
@@ -27,7 +28,7 @@ class EvalTask:
     Attributes:
         name: key in report.json. dataset: a name in DATASETS. root: optional data folder.
         features: feature choices to compare (see vispre.eval.features). ks/temperature: kNN settings.
-        lrs/weight_decays/epochs: linear-probe sweep grid. val_fraction: part of train used for selection.
+        lrs/weight_decays/epochs: linear-probe sweep grid. probe_optimizer: "sgd" or "lars" (MAE protocol). val_fraction: part of train used for selection.
         report_k: the k reported as ``knn_top1``.
     """
 
@@ -38,9 +39,10 @@ class EvalTask:
     ks: Sequence[int] = (10, 20, 100, 200)
     temperature: float = 0.07
     report_k: int = 20
-    lrs: Sequence[float] = (0.01, 0.03, 0.1, 0.3)
+    lrs: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0)
     weight_decays: Sequence[float] = (0.0, 1e-4)
-    epochs: int = 30
+    epochs: int = 20
+    probe_optimizer: str = "sgd"
     val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
@@ -48,6 +50,12 @@ class EvalTask:
             raise ValueError(f"task {self.name!r}: unknown dataset {self.dataset!r}; expected one of {sorted(DATASETS)}")
         if self.report_k not in self.ks:
             raise ValueError(f"task {self.name!r}: report_k {self.report_k} is not among ks {list(self.ks)}")
+        if self.probe_optimizer not in OPTIMIZERS:
+            raise ValueError(f"task {self.name!r}: unknown probe_optimizer {self.probe_optimizer!r}; "
+                             f"expected one of {OPTIMIZERS}")
+        unknown = set(self.features) - set(FEATURE_CHOICES)
+        if unknown:
+            raise ValueError(f"task {self.name!r}: unknown features {sorted(unknown)}; expected from {FEATURE_CHOICES}")
 
 
 def evaluate_task(vit: VisionTransformer, task: EvalTask, cache_dir: str | Path | None = None) -> dict[str, Any]:
@@ -65,26 +73,26 @@ def evaluate_task(vit: VisionTransformer, task: EvalTask, cache_dir: str | Path 
     ftest = cached_features(vit, test.images, view, cache_dir, (task.dataset, "test", view), task.features,
                             desc=f"{task.name} test features")
     tr, va = split_train_val(len(train.labels), task.val_fraction)
-    knn_rows, probe_rows, probes = {}, {}, {}
-    for choice in task.features:
-        x, y = ftrain[choice], train.labels
+    y = train.labels
+    knn_rows = {}
+    for choice in tqdm(task.features, desc=f"{task.name} kNN", leave=False):
+        x = ftrain[choice]
         val_knn = knn_top1(x[tr], y[tr], x[va], y[va], num_classes, (task.report_k,), task.temperature)
         test_knn = knn_top1(x, y, ftest[choice], test.labels, num_classes, task.ks, task.temperature)
         knn_rows[choice] = {"val_top1": val_knn[task.report_k], **{f"k{k}": v for k, v in test_knn.items()}}
-        probe = linear_probe_sweep(x, y, ftest[choice], test.labels, num_classes, task.lrs, task.weight_decays,
-                                   task.epochs, val_fraction=task.val_fraction)
-        probes[choice] = probe
-        probe_rows[choice] = {"val_top1": probe.val_top1, "test_top1": probe.test_top1, "lr": probe.lr,
-                              "weight_decay": probe.weight_decay}
+    probe = linear_probe_sweep(ftrain, y, ftest, test.labels, num_classes, task.lrs, task.weight_decays,
+                               task.epochs, val_fraction=task.val_fraction, optimizer=task.probe_optimizer)
     best_knn = max(knn_rows, key=lambda c: knn_rows[c]["val_top1"])
-    best_lin = max(probe_rows, key=lambda c: probe_rows[c]["val_top1"])
+    best = probe.best
     return {
         "knn_top1": knn_rows[best_knn][f"k{task.report_k}"], "knn_feature": best_knn, "knn_k": task.report_k,
-        "linear_top1": probe_rows[best_lin]["test_top1"], "linear_feature": best_lin,
-        "linear_lr": probe_rows[best_lin]["lr"], "linear_weight_decay": probe_rows[best_lin]["weight_decay"],
+        "linear_top1": best.test_top1, "linear_feature": best.feature,
+        "linear_lr": best.lr, "linear_weight_decay": best.weight_decay, "linear_optimizer": task.probe_optimizer,
         "selected_on": f"validation split ({task.val_fraction:.0%} of train); test never used for selection",
-        "knn": knn_rows, "linear": probe_rows,
-        "_plot": {"probe": probes, "best": best_lin, "test_labels": test.labels, "test_features": ftest[best_lin],
+        "knn": knn_rows,
+        "linear": {c: {"val_top1": b.val_top1, "test_top1": b.test_top1, "lr": b.lr, "weight_decay": b.weight_decay}
+                   for c, b in probe.per_feature.items()},
+        "_plot": {"probe": probe, "test_labels": test.labels, "test_features": ftest[best.feature],
                   "classes": num_classes},
     }
 
