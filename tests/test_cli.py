@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FRAGMENT_DIRS = {"data", "speed", "eval", "growth"}
 RUN_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name not in FRAGMENT_DIRS)
 QUICKSTART = ROOT / "configs/mae/vit_tiny_fashion_mnist.yaml"
-CPU_TRAINER = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
+CPU_TRAINER = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto",
                "--trainer.precision=32-true", "--trainer.logger=false", "--trainer.enable_progress_bar=false"]
 
 

@@ -52,7 +52,8 @@ class ReconstructionFigure(L.Callback):
         self.num_images, self.img_size, self.filename = num_images, img_size, filename
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or not hasattr(pl_module, "reconstruct"):
+        # No run folder to write into (logger off, e.g. fast_dev_run) or not an MAE: nothing to draw.
+        if not trainer.is_global_zero or not hasattr(pl_module, "reconstruct") or trainer.log_dir is None:
             return
         data = load_fashion_mnist("test")
         view = EvalView(self.img_size, mean=MEAN, std=STD)
