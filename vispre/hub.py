@@ -13,18 +13,21 @@ import argparse
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from vispre.backbones.vit import create_vit, describe_vit
 
 BACKBONE_PREFIXES = ("backbone.vit.", "backbone.", "encoder.", "model.", "module.")
-DROPPED_PREFIXES = ("decoder", "head", "projector", "predictor", "teacher", "momentum", "mask_token", "fc_norm")
+# fc_norm is kept: it belongs to the backbone's pooled feature when global_pool="avg" (timm adds it then).
+DROPPED_PREFIXES = ("decoder", "head", "projector", "predictor", "teacher", "momentum", "mask_token")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -41,13 +44,22 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def safe_torch_load(path: Path) -> dict[str, Any]:
-    """torch.load with weights_only=True; a file that needs arbitrary unpickling is refused clearly."""
+    """torch.load with weights_only=True; a file that needs arbitrary unpickling is refused clearly.
+
+    Raises:
+        ValueError: naming the file and, when torch reports it, the Python object it refused to unpickle.
+    """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError) as err:
-        raise ValueError(f"refusing to load {path}: it contains pickled Python objects that are unsafe to "
-                         f"unpickle (only tensors and plain containers are accepted; re-save the weights as "
-                         f"safetensors or a plain state dict). Loader said: {str(err).splitlines()[0]}") from err
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as err:
+        culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if culprit:
+            raise ValueError(f"refusing to load {path}: it contains a pickled Python object ({culprit.group(1)}) "
+                             f"that is unsafe to unpickle (only tensors and plain containers are accepted; re-save "
+                             f"the weights as safetensors or a plain state dict)") from err
+        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(err), re.DOTALL)
+        detail = reason.group(1) if reason else str(err).strip().splitlines()[0]
+        raise ValueError(f"{path} is not a readable torch checkpoint of plain tensors: {detail}") from err
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, expected a dict of tensors or a checkpoint dict")
     return obj
@@ -75,7 +87,13 @@ def read_backbone(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] |
     if path.suffix == ".safetensors":
         meta = path.with_suffix(".json")
         args = json.loads(meta.read_text()) if meta.exists() else None
-        return backbone_state_dict(load_file(str(path))), args
+        if args is not None:
+            args.pop("num_classes", None)  # written for plain timm.create_model; create_vit is always headless
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"{path} is not a readable safetensors file: {err}") from err
+        return backbone_state_dict(state), args
     obj = safe_torch_load(path)
     args = (obj.get("vispre") or {}).get("backbone")
     for key in ("state_dict", "model", "model_state", "module"):
@@ -84,8 +102,31 @@ def read_backbone(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] |
     return backbone_state_dict(obj), args
 
 
+def resample_pos_embed(state: dict[str, Tensor], vit: VisionTransformer) -> dict[str, Tensor]:
+    """Bicubically resample a saved ``pos_embed`` [1, P + gh*gw, D] to ``vit``'s patch grid (other image size).
+
+    Unchanged when the shapes already match, or when the width or prefix-token count differ (then
+    :func:`load_into` reports the mismatch). The saved grid must be square.
+    """
+    saved, own = state.get("pos_embed"), vit.pos_embed
+    if saved is None or own is None or saved.shape == own.shape or saved.shape[-1] != own.shape[-1]:
+        return state
+    prefix = 0 if vit.no_embed_class else int(vit.num_prefix_tokens)
+    side = int(round((saved.shape[1] - prefix) ** 0.5))
+    if side * side != saved.shape[1] - prefix:
+        return state
+    new_size = [int(g) for g in vit.patch_embed.grid_size]
+    resampled = resample_abs_pos_embed(saved.float(), new_size, [side, side], num_prefix_tokens=prefix)
+    return {**state, "pos_embed": resampled.to(saved.dtype)}
+
+
 def load_into(vit: VisionTransformer, state: dict[str, Tensor]) -> None:
-    """Strict load with one clear error: missing/unexpected keys or the first shape mismatch."""
+    """Strict load with one clear error: missing/unexpected keys or the first shape mismatch.
+
+    Raises:
+        ValueError: ``backbone weights do not match the model: missing keys [...], unexpected keys [...]`` or
+            ``shape mismatch at 'KEY': checkpoint (...) vs model (...)``.
+    """
     own = vit.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -99,13 +140,30 @@ def load_into(vit: VisionTransformer, state: dict[str, Tensor]) -> None:
     vit.load_state_dict(state)
 
 
+def init_from_file(vit: VisionTransformer, path: str | Path) -> None:
+    """Overwrite ``vit``'s weights (in place) with the backbone stored in ``path`` (warm start).
+
+    Accepts everything :func:`load_backbone` does; ``pos_embed`` is resampled when the image size differs.
+    Never unpickles arbitrary objects.
+
+    Raises:
+        ValueError: naming ``path`` and the first mismatch (see :func:`load_into`).
+    """
+    state, _ = read_backbone(path)
+    try:
+        load_into(vit, resample_pos_embed(state, vit))
+    except ValueError as err:
+        raise ValueError(f"cannot initialise the backbone from {path}: {err}") from err
+
+
 def load_backbone(path: str | Path, **overrides: Any) -> VisionTransformer:
     """A ready timm VisionTransformer (eval mode) from a vispre run folder or checkpoint, an exported
     safetensors file (+ JSON), or a timm/MAE-style state dict (then pass the architecture as ``overrides``).
 
     Args:
         path: run folder, ``.ckpt``/``.pth``/``.pt`` file or ``.safetensors`` file.
-        **overrides: create_vit arguments that replace/complete the recorded ones.
+        **overrides: create_vit arguments that replace/complete the recorded ones. A different ``img_size``
+            gets a bicubically resampled position embedding.
     """
     state, args = read_backbone(path)
     args = {**(args or {}), **overrides}
@@ -113,7 +171,7 @@ def load_backbone(path: str | Path, **overrides: Any) -> VisionTransformer:
         raise ValueError(f"{path} records no architecture: pass create_vit arguments, e.g. "
                          f"load_backbone(path, model_name='vit_base_patch16_224', img_size=224)")
     vit = create_vit(**args)
-    load_into(vit, state)
+    load_into(vit, resample_pos_embed(state, vit))
     return vit.eval()
 
 
@@ -127,7 +185,11 @@ def export_backbone(source: str | Path, out: str | Path) -> Path:
     tmp = out.with_suffix(f".tmp{os.getpid()}")
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp))
     tmp.replace(out)
-    out.with_suffix(".json").write_text(json.dumps(describe_vit(vit), indent=2) + "\n")
+    meta = out.with_suffix(".json")
+    tmp_meta = meta.with_suffix(f".tmp{os.getpid()}")
+    # num_classes 0: plain timm.create_model(..., pretrained=True) then expects no classifier weights
+    tmp_meta.write_text(json.dumps({**describe_vit(vit), "num_classes": 0}, indent=2) + "\n")
+    tmp_meta.replace(meta)
     return out
 
 

@@ -76,6 +76,9 @@ class MaskedViT(nn.Module):
         qkv_bias: bias in the qkv projection. drop_path_rate: stochastic depth.
         sincos_pos_embed: replace the learned position embedding by the fixed, frozen 2-D sin-cos one
             (MAE recipe).
+        init_from: warm start: a run folder, checkpoint, exported ``.safetensors`` or timm/MAE state dict whose
+            backbone weights replace the fresh ones (read safely by :func:`vispre.hub.init_from_file`; the
+            architecture must match, ``pos_embed`` is resampled for another image size). Heads stay fresh.
     """
 
     def __init__(self, model_name: str = "vit_tiny_patch16_224", img_size: int = 224,
@@ -83,7 +86,7 @@ class MaskedViT(nn.Module):
                  depth: int | None = None, num_heads: int | None = None, mlp_ratio: float | None = None,
                  class_token: bool = True, reg_tokens: int = 0, global_pool: str = "token",
                  init_values: float | None = None, qkv_bias: bool = True, drop_path_rate: float = 0.0,
-                 sincos_pos_embed: bool = True) -> None:
+                 sincos_pos_embed: bool = True, init_from: str | None = None) -> None:
         super().__init__()
         self.vit = create_vit(model_name, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                               embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
@@ -91,6 +94,10 @@ class MaskedViT(nn.Module):
                               init_values=init_values, qkv_bias=qkv_bias, drop_path_rate=drop_path_rate)
         if sincos_pos_embed:
             self._set_sincos_pos_embed()
+        if init_from is not None:
+            from vispre.hub import init_from_file  # local import: vispre.hub imports this module
+
+            init_from_file(self.vit, init_from)
 
     def _set_sincos_pos_embed(self) -> None:
         pos = self.vit.pos_embed

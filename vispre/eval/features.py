@@ -93,24 +93,32 @@ def extract_features(vit: VisionTransformer, images: Tensor, view: ViewTransform
     return {c: torch.cat(v) for c, v in chunks.items()}
 
 
+def _digest(tensor: Tensor) -> bytes:
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
 def cache_key(vit: VisionTransformer, *parts: object) -> str:
-    """sha256 over the backbone's parameters and buffers and the given descriptors (split, transform...)."""
+    """sha256 over the backbone's parameters and buffers and the given descriptors (tensors by content, the
+    rest by repr: split, transform...)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(vit.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(_digest(tensor))
     for part in parts:
-        digest.update(repr(part).encode())
+        digest.update(_digest(part) if isinstance(part, Tensor) else repr(part).encode())
     return digest.hexdigest()[:24]
 
 
 def cached_features(vit: VisionTransformer, images: Tensor, view: ViewTransform, cache_dir: str | Path | None,
                     key_parts: Sequence[object], choices: Sequence[str] = FEATURE_CHOICES,
                     desc: str = "features") -> dict[str, Tensor]:
-    """:func:`extract_features`, reusing ``<cache_dir>/<key>.safetensors`` when present (written atomically)."""
+    """:func:`extract_features`, reusing ``<cache_dir>/<key>.safetensors`` when present (written atomically).
+
+    The key covers the weights, the images' content, the view, the choices and ``key_parts``.
+    """
     if cache_dir is None:
         return extract_features(vit, images, view, choices, desc=desc)
-    path = Path(cache_dir) / f"{cache_key(vit, tuple(choices), *key_parts)}.safetensors"
+    path = Path(cache_dir) / f"{cache_key(vit, tuple(choices), images, *key_parts)}.safetensors"
     if path.exists():
         return load_file(str(path))
     feats = extract_features(vit, images, view, choices, desc=desc)

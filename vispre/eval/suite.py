@@ -12,13 +12,11 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from tqdm.auto import tqdm
 
-from vispre.data.fashion_mnist import MEAN, STD, load_fashion_mnist
 from vispre.data.transforms import EvalView
+from vispre.eval.datasets import DATASETS, load_task_data, subset
 from vispre.eval.features import FEATURE_CHOICES, cached_features
 from vispre.eval.knn import knn_top1
 from vispre.eval.linear_probe import OPTIMIZERS, linear_probe_sweep, split_train_val
-
-DATASETS = {"fashion_mnist": (load_fashion_mnist, MEAN, STD, 10)}
 
 
 @dataclass
@@ -26,7 +24,11 @@ class EvalTask:
     """One evaluation task of the suite (a YAML list entry).
 
     Attributes:
-        name: key in report.json. dataset: a name in DATASETS. root: optional data folder.
+        name: key in report.json. dataset: "fashion_mnist", "image_folder" or "shards" (see vispre.eval.datasets).
+        root: data folder (fashion_mnist: optional; image_folder: holds train/ and test/ or val/ class folders).
+        train_urls, test_urls: shard patterns of the shards dataset.
+        limit_train, limit_test: evaluate on a seeded random subset of this many images (None: all).
+        mean, std: per-channel normalisation (default: the dataset's, else ImageNet's).
         features: feature choices to compare (see vispre.eval.features). ks/temperature: kNN settings.
         lrs/weight_decays/epochs: linear-probe sweep grid. probe_optimizer: "sgd" or "lars" (MAE protocol). val_fraction: part of train used for selection.
         report_k: the k reported as ``knn_top1``.
@@ -35,6 +37,12 @@ class EvalTask:
     name: str = "fashion_mnist"
     dataset: str = "fashion_mnist"
     root: str | None = None
+    train_urls: str | None = None
+    test_urls: str | None = None
+    limit_train: int | None = None
+    limit_test: int | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
     features: Sequence[str] = FEATURE_CHOICES
     ks: Sequence[int] = (10, 20, 100, 200)
     temperature: float = 0.07
@@ -47,7 +55,15 @@ class EvalTask:
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
-            raise ValueError(f"task {self.name!r}: unknown dataset {self.dataset!r}; expected one of {sorted(DATASETS)}")
+            raise ValueError(f"task {self.name!r}: unknown dataset {self.dataset!r}; expected one of {DATASETS}")
+        if self.dataset == "image_folder" and self.root is None:
+            raise ValueError(f"task {self.name!r}: dataset image_folder needs `root` (train/ and test/ class folders)")
+        if self.dataset == "shards" and (self.train_urls is None or self.test_urls is None):
+            raise ValueError(f"task {self.name!r}: dataset shards needs `train_urls` and `test_urls`")
+        for field in ("limit_train", "limit_test"):
+            limit = getattr(self, field)
+            if limit is not None and limit < 1:
+                raise ValueError(f"task {self.name!r}: {field} must be a positive number of images, got {limit}")
         if self.report_k not in self.ks:
             raise ValueError(f"task {self.name!r}: report_k {self.report_k} is not among ks {list(self.ks)}")
         if self.probe_optimizer not in OPTIMIZERS:
@@ -65,9 +81,11 @@ def evaluate_task(vit: VisionTransformer, task: EvalTask, cache_dir: str | Path 
         The task's report.json entry: knn_top1, linear_top1 (test, selected on val), the chosen feature and
         hyper-parameters, and per-feature details (``knn`` and ``linear``), plus arrays for plots under ``_plot``.
     """
-    load, mean, std, num_classes = DATASETS[task.dataset]
-    train, test = load("train", task.root), load("test", task.root)
-    view = EvalView(int(vit.patch_embed.img_size[0]), mean=mean, std=std)
+    img_size, in_chans = int(vit.patch_embed.img_size[0]), int(vit.patch_embed.proj.in_channels)
+    data = load_task_data(task.dataset, img_size, in_chans, task.root, task.train_urls, task.test_urls,
+                          task.mean, task.std)
+    train, test, num_classes = subset(data.train, task.limit_train), subset(data.test, task.limit_test), data.num_classes
+    view = EvalView(img_size, mean=data.mean, std=data.std)
     ftrain = cached_features(vit, train.images, view, cache_dir, (task.dataset, "train", view), task.features,
                              desc=f"{task.name} train features")
     ftest = cached_features(vit, test.images, view, cache_dir, (task.dataset, "test", view), task.features,
