@@ -44,6 +44,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--depth_mode", default="zero", choices=["stack", "interleave", "zero"])
     parser.add_argument("--noise_std", type=float, default=0.0)
     args = parser.parse_args(argv)
+    if args.depth is None and args.embed_dim is None and args.mlp_ratio is None:
+        raise ValueError("nothing to grow: pass at least one of --depth, --embed_dim, --mlp_ratio")
     if not args.ckpt.is_file():
         raise FileNotFoundError(f"checkpoint {args.ckpt} does not exist")
     checkpoint = torch.load(args.ckpt, map_location="cpu", weights_only=True)
