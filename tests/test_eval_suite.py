@@ -230,3 +230,44 @@ def test_every_eval_config_parses(config: Path) -> None:
 
     tasks, cache_dir = load_tasks(config)
     assert tasks and all(isinstance(t, EvalTask) for t in tasks) and cache_dir
+
+
+def _bench_probe_module():  # tools/ is not a package: load the script by path
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "bench_probe.py"
+    spec = importlib.util.spec_from_file_location("bench_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_probe_augment_is_a_padded_crop_or_its_flip() -> None:
+    bench = _bench_probe_module()
+    images = torch.randint(1, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    out = bench.augment(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (4,) * 4)
+    windows = [(dy, dx) for dy in range(9) for dx in range(9)]
+    for i in range(8):
+        candidates = [padded[i, :, dy:dy + 28, dx:dx + 28] for dy, dx in windows]
+        assert any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(-1)) for c in candidates)
+    assert not torch.equal(out, images)  # some crop moved or flipped
+
+
+def test_bench_probe_runs_end_to_end_on_a_tiny_backbone(tmp_path: Path) -> None:
+    from vispre.hub import export_backbone
+
+    bench = _bench_probe_module()
+    lightning_checkpoint(MAE(fmnist_vit(), decoder_dim=16, decoder_depth=1, decoder_num_heads=2), tmp_path / "a.ckpt")
+    export = export_backbone(tmp_path / "a.ckpt", tmp_path / "a.safetensors")
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump({"cache_dir": str(tmp_path / "cache"), "tasks": [
+        {"name": "fashion_mnist", "features": ["cls", "mean"], "lrs": [0.1], "weight_decays": [0.0], "epochs": 2}]}))
+    out = tmp_path / "bench.json"
+    assert bench.main(["--ckpt", str(export), "--config", str(config), "--limit-train", "300", "--limit-test", "100",
+                       "--conventional-epochs", "1", "--threads", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["train_images"] == 300 and result["sweep"]["heads"] == 2
+    assert 0 <= result["conventional"]["test_top1"] <= 1 and len(result["conventional"]["epoch_seconds"]) == 1
+    assert "| vispre cached sweep |" in result["markdown"]

@@ -4,6 +4,9 @@
     timm.create_model(args.pop("model_name"), pretrained=True,
                       pretrained_cfg_overlay=dict(file="OUT.safetensors"), **args)
 
+Warm start: ``MaskedViT(..., init_from=PATH)`` (YAML: ``backbone.init_args.init_from``) loads any of these
+files into a new objective's backbone through :func:`init_from_file`; heads and decoders stay freshly initialised.
+
 Loading never unpickles arbitrary objects: safetensors, or ``torch.load(weights_only=True)``.
 """
 

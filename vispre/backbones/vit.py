@@ -78,7 +78,8 @@ class MaskedViT(nn.Module):
             (MAE recipe).
         init_from: warm start: a run folder, checkpoint, exported ``.safetensors`` or timm/MAE state dict whose
             backbone weights replace the fresh ones (read safely by :func:`vispre.hub.init_from_file`; the
-            architecture must match, ``pos_embed`` is resampled for another image size). Heads stay fresh.
+            architecture must match, ``pos_embed`` is resampled for another image size; with sincos_pos_embed
+            the loaded table stays frozen). Heads stay fresh.
     """
 
     def __init__(self, model_name: str = "vit_tiny_patch16_224", img_size: int = 224,
