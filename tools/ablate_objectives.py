@@ -89,8 +89,9 @@ def evaluate(backbone: MaskedViT, train, test, probe_epochs: int) -> dict:
     tr = extract_features(backbone.vit, train.images, view, choices=("cls",))["cls"]
     te = extract_features(backbone.vit, test.images, view, choices=("cls",))["cls"]
     knn = knn_top1(tr, train.labels, te, test.labels, 10, ks=(20,), temperature=0.07)[20]
-    probe = linear_probe_sweep(tr, train.labels, te, test.labels, 10, epochs=probe_epochs, progress=False)
-    return {"knn_top1": knn, "linear_top1": probe.test_top1, "probe_lr": probe.lr, "probe_wd": probe.weight_decay}
+    best = linear_probe_sweep({"cls": tr}, train.labels, {"cls": te}, test.labels, 10, epochs=probe_epochs,
+                              progress=False).best
+    return {"knn_top1": knn, "linear_top1": best.test_top1, "probe_lr": best.lr, "probe_wd": best.weight_decay}
 
 
 def main() -> None:
