@@ -224,3 +224,17 @@ def test_warm_start_from_a_config(tmp_path: Path) -> None:
                  "--trainer.logger=false", f"--model.backbone.init_args.init_from={tmp_path / 'mae_style.pth'}"],
                 tmp_path)
     assert_same_weights(cli.model.backbone, backbone)
+
+
+def test_load_backbone_from_a_real_lightning_checkpoint(tmp_path: Path) -> None:
+    import lightning as L
+
+    from vispre.data.synthetic import SyntheticDataModule
+
+    mae = MAE(tiny_vit(), decoder_dim=16, decoder_depth=1, decoder_num_heads=2)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(mae, datamodule=SyntheticDataModule(img_size=32, num_samples=8, batch_size=4))
+    trainer.save_checkpoint(tmp_path / "real.ckpt")
+    vit = load_backbone(tmp_path / "real.ckpt")
+    assert_same_weights(vit, mae.backbone.vit)
