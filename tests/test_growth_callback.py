@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.conftest import tiny_vit
+from tests.test_cli import CPU_TRAINER, ROOT, build, synthetic_data_args
 from vispre.growth import GrowthCallback
 from vispre.objectives.mae import MAE
 from vispre.objectives.optim import AdamWRecipe
@@ -55,3 +56,15 @@ def test_callback_rejects_bad_config() -> None:
         GrowthCallback(depth=4)
     with pytest.raises(ValueError, match="optimizer_mode must be one of"):
         GrowthCallback(at_step=1, depth=4, optimizer_mode="momentum")
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs" / "growth").glob("*.yaml")), ids=lambda p: p.name)
+def test_growth_configs_build_and_grow(config, tmp_path) -> None:
+    """configs/growth/ is skipped by the run-config test in test_cli.py; build and run each one here."""
+    cli = build(["--config", str(config), *synthetic_data_args(config), *CPU_TRAINER, "--trainer.fast_dev_run=true",
+                 f"--trainer.default_root_dir={tmp_path}"],
+                tmp_path)
+    growth = next(c for c in cli.trainer.callbacks if isinstance(c, GrowthCallback))
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert growth.grown_at == 0  # fast_dev_run: 1 step, so any at_fraction triggers at step 0
+    assert len(cli.model.backbone.vit.blocks) == growth.spec.depth

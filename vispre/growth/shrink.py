@@ -109,8 +109,9 @@ def rank_parts(vit: VisionTransformer, depth: int, num_heads: int, calibration_b
         """Pre-hook: mean |input| over all but the last dim ([.., D] -> [D]; split > 0: [.., S, D/S] -> [S])."""
         def hook(module: nn.Module, args: tuple) -> None:
             x = args[0].detach().double().abs()
-            stats[key] = x.unflatten(-1, (split, -1)).mean(-1).flatten(0, -2).mean(0) if split else \
-                x.flatten(0, -2).mean(0)
+            if split:
+                x = x.unflatten(-1, (split, -1)).mean(-1)
+            stats[key] = x.flatten(0, -2).mean(0)
         return hook
 
     def residual_change(key: str) -> Callable:
@@ -129,9 +130,7 @@ def rank_parts(vit: VisionTransformer, depth: int, num_heads: int, calibration_b
 
     streams = [s / s.mean() for k, s in stats.items() if k.startswith("stream.")]
     dims = _top(torch.stack(streams).sum(0), embed_dim)
-    middle = _top(torch.stack([stats[f"change.{i}"] for i in range(1, len(vit.blocks) - 1)]), depth - 2) + 1 \
-        if depth > 2 else torch.empty(0, dtype=torch.long)
-    blocks = sorted({0, len(vit.blocks) - 1, *middle.tolist()})[:depth]
+    blocks = _keep_blocks([stats[f"change.{i}"].item() for i in range(len(vit.blocks))], depth)
     return ShrinkPlan(blocks, dims, [_top(stats[f"heads.{b}"], num_heads) for b in blocks],
                       [_top(stats[f"units.{b}"], hidden) for b in blocks],
                       _norm_scales(vit, dims, calibration_batch))
@@ -222,6 +221,13 @@ def _run_with_hooks(vit: VisionTransformer, batch: Tensor, pre: list[tuple[nn.Mo
         for handle in handles:
             handle.remove()
         vit.train(training)
+
+
+def _keep_blocks(changes: list[float], depth: int) -> list[int]:
+    """The first and last block plus the ``depth - 2`` middle blocks with the largest relative change."""
+    last = len(changes) - 1
+    middle = sorted(range(1, last), key=lambda i: -changes[i])[: max(depth - 2, 0)]
+    return sorted({0, last, *middle})[:depth]
 
 
 def _top(scores: Tensor, count: int) -> Tensor:
