@@ -57,7 +57,10 @@ def test_run_suite_leaves_the_backbone_bit_identical() -> None:
     task = report["tasks"]["fashion_mnist"]
     assert report["backbone"] == "tiny"
     assert 0.1 < task["knn_top1"] <= 1.0 and 0.1 < task["linear_top1"] <= 1.0  # 10 classes: chance is 0.1
-    assert task["knn_feature"] in ("cls", "grid2") and set(task["linear"]) == {"cls", "grid2"}
+    assert set(task["knn"]) == {"cls", "cls+zscore", "grid2", "grid2+zscore"}  # every feature x preprocessing
+    assert task["knn_feature"] in task["knn"] and set(task["linear"]) == {"cls", "grid2"}
+    best_val = max(row["val_top1"] for row in task["knn"].values())
+    assert task["knn"][task["knn_feature"]]["val_top1"] == best_val  # selected on val
     assert task["knn_top1"] == task["knn"][task["knn_feature"]]["k20"]
     assert task["linear_top1"] == task["linear"][task["linear_feature"]]["test_top1"]
 
@@ -215,11 +218,12 @@ def test_feature_extraction_matches_the_module_forward() -> None:
     vit = fmnist_vit().vit.eval()
     images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
     view = EvalView(28, mean=(0.5,), std=(0.25,))
-    feats = features_module.extract_features(vit, images, view, ("cls", "mean", "cls_mean"))
+    feats = features_module.extract_features(vit, images, view, ("cls", "mean", "cls_mean", "patches"))
     with torch.no_grad():
         tokens = vit.forward_features(view(images)[0])
     torch.testing.assert_close(feats["cls"], tokens[:, 0])
     torch.testing.assert_close(feats["mean"], tokens[:, 1:].mean(1))
+    torch.testing.assert_close(feats["patches"], tokens.flatten(1))  # [cls ; 16 patch tokens], row-major grid
     assert feats["cls_mean"].shape == (4, 64)
 
 

@@ -6,6 +6,8 @@ Feature choices, all from a frozen timm ViT (``forward_intermediates`` with the 
     cls_mean    [cls ; mean]  (DINOv2's linear-probe feature)
     last4       [cls ; mean] of each of the last 4 blocks
     grid2       [cls ; 2x2 average-pooled patch tokens] of the last block (keeps coarse spatial layout)
+    patches     [cls ; every patch token] of the last block, D = (1 + N) x dim: the full spatial map, the learned
+                analogue of raw-pixel kNN; meant for small grids (28 px / patch 7: 17 x 192 = 3264 dims)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tqdm.auto import tqdm
 
 from vispre.data.transforms import EvalView, ViewTransform
 
-FEATURE_CHOICES = ("cls", "mean", "cls_mean", "last4", "grid2")
+FEATURE_CHOICES = ("cls", "mean", "cls_mean", "last4", "grid2", "patches")
 
 
 def _token_features(vit: VisionTransformer, images: Tensor, choices: Sequence[str]) -> dict[str, Tensor]:
@@ -53,6 +55,8 @@ def _token_features(vit: VisionTransformer, images: Tensor, choices: Sequence[st
             gh, gw = vit.patch_embed.grid_size
             grid = patches.transpose(1, 2).reshape(patches.shape[0], -1, gh, gw)
             out[choice] = torch.cat([cls, F.adaptive_avg_pool2d(grid, 2).flatten(1)], dim=1)
+        elif choice == "patches":
+            out[choice] = torch.cat([cls, layers[-1][0].flatten(1)], dim=1)
         else:
             raise ValueError(f"unknown feature choice {choice!r}; expected one of {FEATURE_CHOICES}")
     return out

@@ -49,6 +49,22 @@ def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes:
     return {k: torch.cat(v) for k, v in preds.items()}
 
 
+def standardize(bank: Tensor, *others: Tensor, eps: float = 1e-6) -> tuple[Tensor, ...]:
+    """Z-score every feature dimension with the bank's statistics: (x - mean_bank) / (std_bank + eps).
+
+    Frozen MAE features share a large common component, so raw cosine similarities crowd near 1; removing it
+    (statistics from the bank only, never from the queries) lets the neighbours follow the class structure.
+
+    Args:
+        bank: [N, D] reference features. others: [M_i, D] query features.
+
+    Returns:
+        (bank', *others') with the same shapes.
+    """
+    mean, std = bank.mean(0), bank.std(0) + eps
+    return tuple((x - mean) / std for x in (bank, *others))
+
+
 def knn_top1(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor, num_classes: int,
              ks: Sequence[int] = (10, 20, 100, 200), temperature: float = 0.07) -> dict[int, float]:
     """Top-1 accuracy of :func:`knn_predict` for every k: {k: accuracy in [0, 1]}."""

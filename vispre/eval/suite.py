@@ -15,8 +15,11 @@ from tqdm.auto import tqdm
 from vispre.data.transforms import EvalView
 from vispre.eval.datasets import DATASETS, load_task_data, subset
 from vispre.eval.features import FEATURE_CHOICES, cached_features
-from vispre.eval.knn import knn_top1
+from vispre.eval.knn import knn_top1, standardize
 from vispre.eval.linear_probe import OPTIMIZERS, linear_probe_sweep, split_train_val
+
+
+KNN_PREPROCESS = ("none", "zscore")
 
 
 @dataclass
@@ -32,6 +35,9 @@ class EvalTask:
         features: feature choices to compare (see vispre.eval.features). ks/temperature: kNN settings.
         lrs/weight_decays/epochs: linear-probe sweep grid. probe_optimizer: "sgd" or "lars" (MAE protocol). val_fraction: part of train used for selection.
         report_k: the k reported as ``knn_top1``.
+        knn_preprocess: kNN feature preprocessing variants compared on val: "none" (cosine on the raw feature)
+            and/or "zscore" (each dimension standardised with the bank's statistics first); reported as
+            ``<feature>+zscore``.
     """
 
     name: str = "fashion_mnist"
@@ -52,6 +58,7 @@ class EvalTask:
     epochs: int = 20
     probe_optimizer: str = "sgd"
     val_fraction: float = 0.1
+    knn_preprocess: Sequence[str] = ("none", "zscore")
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -64,6 +71,10 @@ class EvalTask:
             limit = getattr(self, field)
             if limit is not None and limit < 1:
                 raise ValueError(f"task {self.name!r}: {field} must be a positive number of images, got {limit}")
+        bad = set(self.knn_preprocess) - set(KNN_PREPROCESS)
+        if bad or not self.knn_preprocess:
+            raise ValueError(f"task {self.name!r}: knn_preprocess must list some of {KNN_PREPROCESS}, "
+                             f"got {list(self.knn_preprocess)}")
         if self.report_k not in self.ks:
             raise ValueError(f"task {self.name!r}: report_k {self.report_k} is not among ks {list(self.ks)}")
         if self.probe_optimizer not in OPTIMIZERS:
@@ -93,11 +104,17 @@ def evaluate_task(vit: VisionTransformer, task: EvalTask, cache_dir: str | Path 
     tr, va = split_train_val(len(train.labels), task.val_fraction)
     y = train.labels
     knn_rows = {}
-    for choice in tqdm(task.features, desc=f"{task.name} kNN", leave=False):
-        x = ftrain[choice]
-        val_knn = knn_top1(x[tr], y[tr], x[va], y[va], num_classes, (task.report_k,), task.temperature)
-        test_knn = knn_top1(x, y, ftest[choice], test.labels, num_classes, task.ks, task.temperature)
-        knn_rows[choice] = {"val_top1": val_knn[task.report_k], **{f"k{k}": v for k, v in test_knn.items()}}
+    variants = [(c, p) for c in task.features for p in task.knn_preprocess]
+    for choice, prep in tqdm(variants, desc=f"{task.name} kNN", leave=False):
+        x, x_test = ftrain[choice], ftest[choice]
+        bank, val = x[tr], x[va]
+        if prep == "zscore":  # statistics from the bank only: train-part for val, all of train for test
+            bank, val = standardize(bank, val)
+            x, x_test = standardize(x, x_test)
+        val_knn = knn_top1(bank, y[tr], val, y[va], num_classes, (task.report_k,), task.temperature)
+        test_knn = knn_top1(x, y, x_test, test.labels, num_classes, task.ks, task.temperature)
+        key = choice if prep == "none" else f"{choice}+{prep}"
+        knn_rows[key] = {"val_top1": val_knn[task.report_k], **{f"k{k}": v for k, v in test_knn.items()}}
     probe = linear_probe_sweep(ftrain, y, ftest, test.labels, num_classes, task.lrs, task.weight_decays,
                                task.epochs, val_fraction=task.val_fraction, optimizer=task.probe_optimizer)
     best_knn = max(knn_rows, key=lambda c: knn_rows[c]["val_top1"])
