@@ -64,7 +64,10 @@ class VispreCLI(LightningCLI):
         callbacks = _as_list(kwargs.get("callbacks") or from_yaml.get("callbacks"))
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             # save_top_k=1: with 0, Lightning writes last.ckpt only when fit ends (a killed run keeps nothing)
-            callbacks.append(ModelCheckpoint(save_last=True, save_top_k=1))
+            # explicit dirpath: with fast_dev_run Lightning swaps the loggers out and would fall back to
+            # ./checkpoints (its on_train_end still writes last.ckpt there)
+            callbacks.append(ModelCheckpoint(dirpath=Path(tensorboard.log_dir) / "checkpoints", save_last=True,
+                                             save_top_k=1))
         callbacks += [cls() for cls in (NonFiniteLossGuard, RNGStateCheckpoint)
                       if not any(isinstance(c, cls) for c in callbacks)]
         kwargs["callbacks"] = callbacks
