@@ -73,6 +73,7 @@ def run_sweep(vit: VisionTransformer, train: LabelledImages, test: LabelledImage
     return {"seconds": done - start, "extract_seconds": extracted - start, "sweep_seconds": done - extracted,
             "test_top1": result.best.test_top1, "val_top1": result.best.val_top1, "feature": result.best.feature,
             "lr": result.best.lr, "weight_decay": result.best.weight_decay, "heads": len(result.rows),
+            "per_feature_test_top1": {c: b.test_top1 for c, b in result.per_feature.items()},
             "epochs": task.epochs, "optimizer": task.probe_optimizer}
 
 
