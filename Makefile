@@ -8,6 +8,7 @@ VISPRE := $(VENV)/bin/vispre
 STAMP := $(VENV)/.vispre-installed
 RUNS ?= runs
 QUICKSTART_CONFIG ?= configs/mae/vit_tiny_fashion_mnist.yaml
+QUICKSTART_EVAL ?= configs/eval/fashion_mnist_quickstart.yaml
 PYTEST_ARGS ?=
 
 .PHONY: quickstart test venv data bench clean
@@ -31,7 +32,7 @@ data: venv
 
 quickstart: data
 	$(VISPRE) fit --config $(QUICKSTART_CONFIG) --run_name quickstart --runs_dir $(RUNS)
-	$(VISPRE) eval "$$(ls -td $(RUNS)/quickstart/version_* | head -1)" --config configs/eval/fashion_mnist.yaml
+	$(VISPRE) eval "$$(ls -td $(RUNS)/quickstart/version_* | head -1)" --config $(QUICKSTART_EVAL)
 
 test: data
 	$(PY) -m pytest $(PYTEST_ARGS)
