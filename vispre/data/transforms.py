@@ -57,17 +57,19 @@ class MAEView(ViewTransform):
         return [self.transform(image)]
 
 
+def resize_center_crop(img_size: int) -> list[v2.Transform]:
+    """Ops taking a uint8 [C, H, W] tensor or PIL image to uint8 [C, S, S]: shorter side to S (bicubic),
+    centre crop (the deterministic evaluation geometry)."""
+    return [v2.ToImage(), v2.Resize(img_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(img_size)]
+
+
 class EvalView(ViewTransform):
     """Deterministic view for feature extraction: resize (if needed) + normalise."""
 
     def __init__(self, img_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD) -> None:
-        self.transform = v2.Compose([
-            v2.ToImage(),
-            v2.Resize(img_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.CenterCrop(img_size),
-            *_to_float(mean, std)[1:],
-        ])
+        self.transform = v2.Compose([*resize_center_crop(img_size), *_to_float(mean, std)[1:]])
 
     def __call__(self, image: Tensor | Image.Image) -> list[Tensor]:
         return [self.transform(image)]

@@ -25,7 +25,7 @@ from vispre.data.fashion_mnist import STD as FMNIST_STD
 from vispre.data.fashion_mnist import LabelledImages, load_fashion_mnist
 from vispre.data.shards import folder_samples, resolve_shards
 from vispre.data.streaming import BadSampleCounter, ShardStream
-from vispre.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ViewTransform
+from vispre.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ViewTransform, resize_center_crop
 
 DATASETS = ("fashion_mnist", "image_folder", "shards")
 TEST_SPLIT_NAMES = ("test", "val")
@@ -46,11 +46,7 @@ class ResizeCropView(ViewTransform):
     """uint8 [C, H, W] or PIL image -> ``[uint8 [C, S, S]]``: shorter side to S (bicubic), centre crop."""
 
     def __init__(self, img_size: int) -> None:
-        self.transform = v2.Compose([
-            v2.ToImage(),
-            v2.Resize(img_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.CenterCrop(img_size),
-        ])
+        self.transform = v2.Compose(resize_center_crop(img_size))
 
     def __call__(self, image: Tensor | Image.Image) -> list[Tensor]:
         return [self.transform(image)]
