@@ -159,3 +159,17 @@ def test_data_configs_build(name: str, shard_dir: Path) -> None:
     dm = parser.instantiate_classes(parser.parse_object(config)).data
     assert isinstance(dm, WebDatasetDataModule) and dm.shards.counts == [6] * 8 + [5]
     assert dm.in_chans == (1 if name == "fashion_mnist_wds" else 3) and isinstance(dm.batch_size, int)
+
+
+def test_stream_left_suspended_at_exit_does_not_abort_the_process(shard_dir: Path) -> None:
+    """Resampled mode stops mid-stream; with num_workers=0 the generator is closed at interpreter exit, where
+    its final count used to touch a tensor and abort (torch 2.14: 'terminate called ... THPVariable_clear')."""
+    import subprocess
+    import sys
+
+    script = ("from vispre.data.streaming import ShardStream\nfrom vispre.data.synthetic import RepeatViews\n"
+              f"it = iter(ShardStream([{str(shard_dir / 'shard-000000.tar')!r}], RepeatViews(), in_chans=1))\n"
+              "next(it)\nprint('read one')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "read one" in done.stdout, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr

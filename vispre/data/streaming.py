@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import tarfile
 from collections.abc import Iterator
 from typing import Any
@@ -129,7 +130,10 @@ class ShardStream(IterableDataset):
                         good = 0
                     yield item
         finally:
-            self.counter.add(row, seen=good)
+            # An iterator left suspended until interpreter exit (e.g. num_workers=0 in resampled mode) is closed
+            # during finalisation, when touching a torch tensor aborts the process (torch 2.14): skip the count.
+            if not sys.is_finalizing():
+                self.counter.add(row, seen=good)
 
     def _shard_order(self, rng: random.Random, worker: int, num_workers: int) -> Iterator[str]:
         if self.resampled:
