@@ -6,6 +6,7 @@ import jsonargparse
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from vispre.data.datamodule import ViewDataset
 from vispre.data.transforms import MAEView, MultiCropViews, SimCLRViews, ViewTransform
@@ -93,3 +94,24 @@ view:
 def test_mae_view_unchanged_signature() -> None:
     view = MAEView(28, scale=(1.0, 1.0), hflip=0.0, mean=(0.0,), std=(1.0,))(grey_image())
     torch.testing.assert_close(view[0], grey_image().float() / 255.0, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("chans,size,pil", [(1, (28, 28), False), (3, (40, 32), False), (3, (37, 50), True)])
+def test_mae_view_is_bit_identical_to_its_torchvision_pipeline(chans: int, size: tuple[int, int], pil: bool) -> None:
+    """The fast path draws the same random numbers in the same order and runs the same kernels."""
+    gen = torch.Generator().manual_seed(chans)
+    image = torch.randint(0, 256, (chans, *size), dtype=torch.uint8, generator=gen)
+    source = v2.functional.to_pil_image(image) if pil else image
+    view = MAEView(24, scale=(0.2, 1.0), hflip=0.5, mean=[0.3] * chans, std=[0.4] * chans)
+    flipped = 0
+    for seed in range(12):
+        torch.manual_seed(seed)
+        fast = view(source)[0]
+        torch.manual_seed(seed)
+        reference = view.transform(source)
+        assert fast.shape == (chans, 24, 24) and fast.dtype == torch.float32 and type(fast) is torch.Tensor
+        assert torch.equal(fast, reference.as_subclass(torch.Tensor)), f"seed {seed}"
+        torch.manual_seed(seed)
+        view.crop.make_params([image])
+        flipped += bool(torch.rand(1) < 0.5)
+    assert 0 < flipped < 12  # both branches of the flip were compared
