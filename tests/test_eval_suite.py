@@ -270,8 +270,11 @@ def test_bench_probe_runs_end_to_end_on_a_tiny_backbone(tmp_path: Path) -> None:
         {"name": "fashion_mnist", "features": ["cls", "mean"], "lrs": [0.1], "weight_decays": [0.0], "epochs": 2}]}))
     out = tmp_path / "bench.json"
     assert bench.main(["--ckpt", str(export), "--config", str(config), "--limit-train", "300", "--limit-test", "100",
-                       "--conventional-epochs", "1", "--threads", "1", "--out", str(out)]) == 0
+                       "--budget-factor", "0.01", "--threads", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["train_images"] == 300 and result["sweep"]["heads"] == 2
-    assert 0 <= result["conventional"]["test_top1"] <= 1 and len(result["conventional"]["epoch_seconds"]) == 1
-    assert "| vispre cached sweep |" in result["markdown"]
+    assert result["train_images"] == 300 and result["sweep"]["heads"] == 2 and result["sweep_cls"]["heads"] == 1
+    assert result["sweep_cls"]["features"] == ["cls"] and "x the sweep's" in result["budget"]
+    conventional = result["conventional"]
+    assert conventional["epochs"] >= 1 and len(conventional["epoch_seconds"]) == len(conventional["curve"])
+    assert conventional["test_top1"] == conventional["curve"][-1][1] and 0 <= conventional["test_top1"] <= 1
+    assert "| vispre cached sweep |" in result["markdown"] and out.with_suffix(".png").stat().st_size > 10_000
