@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import random
 import sys
-import tarfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +27,7 @@ from torchvision.io import ImageReadMode, decode_image
 from webdataset.gopen import gopen
 
 from vispre.data.shards import ShardList, resolve_shards
+from vispre.data.tar_members import iter_tar_members
 from vispre.data.transforms import MAEView, ViewTransform
 
 log = logging.getLogger(__name__)
@@ -159,16 +159,16 @@ class ShardStream(IterableDataset):
         """Group tar members by key; a read error ends the shard and counts once."""
         current: dict[str, Any] | None = None
         try:
-            with gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-                for member in tar:
-                    if not member.isreg() or "." not in member.name.rsplit("/", 1)[-1]:
+            with gopen(url, "rb") as stream:
+                for name, data in iter_tar_members(stream):
+                    if "." not in name.rsplit("/", 1)[-1]:
                         continue
-                    key, ext = _split_name(member.name)
+                    key, ext = _split_name(name)
                     if current is None or key != current["__key__"]:
                         if current is not None:
                             yield current
                         current = {"__key__": key, "__url__": url}
-                    current[ext.lower()] = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    current[ext.lower()] = data
         except Exception as err:  # noqa: BLE001 - any unreadable/truncated shard is skipped and counted
             self.counter.add(row, seen=1, bad=1, message=f"shard {url}: {type(err).__name__}: {err}")
             current = None  # the sample being read when the shard broke may be incomplete
