@@ -95,7 +95,9 @@ def run_lightning(argv: list[str]) -> None:
         PretrainObjective, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
         trainer_defaults={"accelerator": "auto", "precision": default_precision(), "log_every_n_steps": 10},
-        args=argv,
+        # From the console script argv is sys.argv[1:], which LightningCLI reads itself; passing it again as
+        # args only makes Lightning warn about getting both.
+        args=None if argv == sys.argv[1:] else argv,
     )
 
 
