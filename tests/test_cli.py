@@ -107,3 +107,21 @@ def test_bad_values_give_one_line_errors(override: str, message: str, tmp_path: 
 def test_unknown_subcommand(capsys: pytest.CaptureFixture) -> None:
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_quickstart_streaming_path_trains_from_real_shards(tmp_path: Path) -> None:
+    """`make quickstart`'s data path: Fashion-MNIST images -> shards -> the streaming config with its worker."""
+    from vispre.data.fashion_mnist import load_fashion_mnist
+    from vispre.data.shards import write_shards
+
+    data = load_fashion_mnist("train")
+    write_shards(list(zip(data.images[:256], data.labels[:256].tolist())), tmp_path / "wds", samples_per_shard=128,
+                 progress=False)
+    args = ["fit", "--config", str(QUICKSTART), "--config", str(ROOT / "configs/data/fashion_mnist_wds.yaml"),
+            f"--data.init_args.urls={tmp_path / 'wds'}", "--data.init_args.batch_size=32",
+            "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", f"--runs_dir={tmp_path}", "--run_name=qs"]
+    assert main(args) == 0
+    run = tmp_path / "qs" / "version_0"
+    assert "class_path: vispre.data.streaming.WebDatasetDataModule" in (run / "config.yaml").read_text()
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 256 // 32  # one worker, 2 shards of 128: every sample once, 8 full batches
