@@ -6,6 +6,10 @@ alternating order, one epoch-slice of each loader with the same view transform, 
 Also times the in-memory quickstart DataModule and the PNG quickstart shards. Prints JSON.
 
     flock /tmp/vispre-heavy.lock .venv/bin/python tools/bench_loader.py --num-images 12000 --workers 1
+
+``--end-to-end N`` also times the quickstart training command itself (``vispre fit`` of
+configs/mae/vit_tiny_fashion_mnist.yaml, N batches, whole command with start-up) from the in-memory arrays
+and streamed from the quickstart shards (``data/fashion_mnist_wds``, written first if missing), alternating.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -62,6 +69,41 @@ def time_loader(loader: Iterable, batches: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def view_microseconds(view: MAEView, images: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Best-of-rounds microseconds per image of MAEView's fast path and of its v2 pipeline (1 thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    best = {"fast_path": float("inf"), "v2_pipeline": float("inf")}
+    for _ in range(rounds):
+        for name, fn in (("fast_path", view), ("v2_pipeline", view.transform)):
+            start = time.perf_counter()
+            for image in images:
+                fn(image)
+            best[name] = min(best[name], (time.perf_counter() - start) / len(images) * 1e6)
+    torch.set_num_threads(threads)
+    return {k: round(v, 1) for k, v in best.items()}
+
+
+def time_quickstart_fit(batches: int, rounds: int) -> dict[str, list[float]]:
+    """Wall seconds of ``vispre fit`` (quickstart config, ``batches`` batches) in-memory vs streaming, alternating."""
+    root = Path(__file__).resolve().parents[1]
+    vispre = [str(Path(sys.executable).with_name("vispre"))]  # the console script, as `make quickstart` runs it
+    if sh.read_index(root / "data/fashion_mnist_wds") is None:
+        subprocess.run([*vispre, "shards", "fashion-mnist", str(root / "data/fashion_mnist_wds")], check=True)
+    base = [*vispre, "fit", "--config", str(root / "configs/mae/vit_tiny_fashion_mnist.yaml"), "--trainer.max_epochs=1",
+            f"--trainer.limit_train_batches={batches}", "--trainer.enable_progress_bar=false"]
+    variants = {"in_memory": [], "streaming": ["--config", str(root / "configs/data/fashion_mnist_wds.yaml")]}
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as runs:
+        for round_ in range(rounds):
+            for name in (list(variants) if round_ % 2 == 0 else list(reversed(variants))):
+                start = time.perf_counter()
+                subprocess.run([*base, *variants[name], f"--runs_dir={runs}", f"--run_name={name}"], check=True,
+                               cwd=root, stdout=subprocess.DEVNULL)
+                seconds[name].append(round(time.perf_counter() - start, 1))
+    return seconds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--num-images", type=int, default=12000)
@@ -70,6 +112,8 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=20, help="timed batches per loader and round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--cache", default=".cache/bench_loader")
+    p.add_argument("--end-to-end", type=int, default=0, metavar="N",
+                   help="also time the quickstart fit for N batches, in-memory vs streaming (0: skip)")
     args = p.parse_args()
     torch.set_num_threads(2)
     cache = Path(args.cache)
@@ -114,6 +158,13 @@ def main() -> None:
         "ratio_streaming_png_vs_in_memory": round(best.get("streaming_wds_png_quickstart", float("nan"))
                                                    / best["in_memory_fashion_mnist"], 2),
     }
+    result["mae_view_us_per_image"] = view_microseconds(view, load_fashion_mnist("train").images[:3000],
+                                                        args.rounds)
+    if args.end_to_end:
+        fit = time_quickstart_fit(args.end_to_end, args.rounds)
+        result["quickstart_fit_seconds"] = {"batches": args.end_to_end, **fit,
+                                            "ratio_streaming_vs_in_memory_best": round(
+                                                min(fit["streaming"]) / min(fit["in_memory"]), 3)}
     print(json.dumps(result, indent=1))
 
 
