@@ -42,8 +42,7 @@ class MAEView(ViewTransform):
 
     ``self.transform`` is the equivalent torchvision v2 pipeline; ``__call__`` runs the same kernels in the
     same random order (bit-identical output for the same torch seed, tested) without v2's per-op input
-    flattening, which cost more than the kernels themselves on small images (Fashion-MNIST: 238 -> ~70 us a
-    view, measured in ``tests/test_data_transforms.py``'s reference and ``tools/bench_loader.py``).
+    flattening, which costs about as much as the kernels on small images (timing in docs/data.md).
 
     Args:
         img_size: output side. scale: crop area range (MAE 0.2-1.0). hflip: flip probability.
