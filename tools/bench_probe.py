@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-factor", type=float, default=10.0,
                         help="conventional probe gets this many times the full sweep's wall time")
     parser.add_argument("--conventional-epochs", type=int, default=None, help="fixed epoch count (overrides)")
+    parser.add_argument("--conventional-lr", type=float, default=0.1,
+                        help="conventional probe's base lr (x batch / 256); 0.1 is the usual single choice")
     parser.add_argument("--limit-train", type=int, default=None, help="seeded subset of train (smoke runs)")
     parser.add_argument("--limit-test", type=int, default=None)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": run_sweep(vit, train, test, task, view),
         "sweep_cls": run_sweep(vit, train, test, task, view, features=("cls",)),
     }
-    probe = ConventionalProbe(vit, train, view)
+    probe = ConventionalProbe(vit, train, view, base_lr=args.conventional_lr)
     if args.conventional_epochs is None:
         estimate = probe.estimate_epoch_seconds()
         epochs = max(1, math.ceil(args.budget_factor * result["sweep"]["seconds"] / estimate))
