@@ -57,7 +57,13 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         gathered = gather_with_grad(torch.full((N, 1), float(rank), dtype=torch.float64))
         grads["gather_order"] = [gathered.squeeze(1)]
         torch.save(grads, Path(out_dir) / f"rank{rank}.pt")
-    finally:
+    except BaseException:
+        raise  # spawn reports it; destroying the group while the peer is mid-collective could hang
+    else:
+        # Both ranks reach the end before either tears down: without this barrier the rank that hosts the
+        # TCP store could exit while the other was still destroying its group, which aborted it now and
+        # then ("terminate called without an active exception", 1 of 3 full-suite runs on the CI machine).
+        dist.barrier()
         dist.destroy_process_group()
 
 
