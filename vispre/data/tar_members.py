@@ -46,10 +46,12 @@ class _Prefixed:
         return out + self.stream.read(-1 if size < 0 else size - len(out))
 
 
-def _read_exact(stream: BinaryIO | _Prefixed, size: int, what: str) -> bytes:
+def _read_member(stream: BinaryIO | _Prefixed, size: int, what: str) -> bytes:
+    """The next ``size`` bytes, then the padding to the next 512-byte block (read and dropped)."""
     data = stream.read(size)
-    if len(data) != size:
-        raise TarFormatError(f"unexpected end of tar data: needed {size} bytes for {what}, got {len(data)}")
+    padding = -size % BLOCK
+    if len(data) != size or len(stream.read(padding)) != padding:
+        raise TarFormatError(f"unexpected end of tar data in {what} ({size} bytes + {padding} padding)")
     return data
 
 
@@ -116,7 +118,7 @@ def iter_tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         _check_header(header)
         kind, size = header[156:157], _number(header[124:136])
         if kind in (b"x", b"g", b"L"):  # meta member describing the next one
-            payload = _read_exact(source, size + (-size % BLOCK), "an extended header")[:size]
+            payload = _read_member(source, size, "an extended header")
             if kind == b"x":
                 records = _pax_records(payload)
                 long_name = records[b"path"].decode("utf-8", "surrogateescape") if b"path" in records else long_name
@@ -127,9 +129,9 @@ def iter_tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         name = long_name if long_name is not None else _header_name(header)
         size = long_size if long_size is not None else size
         long_name = long_size = None
-        data = _read_exact(source, size + (-size % BLOCK), f"member {name!r}")
+        data = _read_member(source, size, f"member {name!r}")
         if kind in _REGULAR:
-            yield name, data[:size]
+            yield name, data
 
 
 __all__ = ["TarFormatError", "iter_tar_members"]
