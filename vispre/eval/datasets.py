@@ -120,6 +120,16 @@ def read_shards(urls: str | Sequence[str], img_size: int, in_chans: int) -> Labe
     return LabelledImages(torch.stack([s["views"][0] for s in samples]), torch.stack([s["label"] for s in samples]))
 
 
+def check_source(dataset: str, root: str | None, train_urls: object, test_urls: object) -> None:
+    """Raise ValueError when ``dataset`` is unknown or lacks what it reads from (root / shard patterns)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    if dataset == "image_folder" and root is None:
+        raise ValueError("dataset image_folder needs `root` (a folder with train/ and test/ class folders)")
+    if dataset == "shards" and (train_urls is None or test_urls is None):
+        raise ValueError("dataset shards needs `train_urls` and `test_urls` (shard patterns or folders)")
+
+
 def load_task_data(dataset: str, img_size: int, in_chans: int, root: str | None = None,
                    train_urls: str | Sequence[str] | None = None, test_urls: str | Sequence[str] | None = None,
                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> TaskData:
@@ -129,20 +139,15 @@ def load_task_data(dataset: str, img_size: int, in_chans: int, root: str | None 
         ValueError / FileNotFoundError: unknown dataset, missing data, or images whose channel count does not
         match the backbone.
     """
+    check_source(dataset, root, train_urls, test_urls)
     if dataset == "fashion_mnist":
         train, test = load_fashion_mnist("train", root), load_fashion_mnist("test", root)
         num_classes = 10
     elif dataset == "image_folder":
-        if root is None:
-            raise ValueError("dataset image_folder needs `root` (a folder with train/ and test/ class folders)")
-        train, test, num_classes = load_image_folder(root, img_size, in_chans)
-    elif dataset == "shards":
-        if train_urls is None or test_urls is None:
-            raise ValueError("dataset shards needs `train_urls` and `test_urls` (shard patterns or folders)")
+        train, test, num_classes = load_image_folder(root, img_size, in_chans)  # type: ignore[arg-type]
+    else:  # shards
         train, test = read_shards(train_urls, img_size, in_chans), read_shards(test_urls, img_size, in_chans)
         num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    else:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     if train.images.shape[1] != in_chans:
         raise ValueError(f"{dataset} images have {train.images.shape[1]} channel(s) but the backbone expects "
                          f"in_chans={in_chans}")

@@ -13,7 +13,7 @@ from timm.models.vision_transformer import VisionTransformer
 from tqdm.auto import tqdm
 
 from vispre.data.transforms import EvalView
-from vispre.eval.datasets import DATASETS, load_task_data, subset
+from vispre.eval.datasets import check_source, load_task_data, subset
 from vispre.eval.features import FEATURE_CHOICES, cached_features
 from vispre.eval.knn import knn_top1, standardize
 from vispre.eval.linear_probe import OPTIMIZERS, linear_probe_sweep, split_train_val
@@ -61,12 +61,10 @@ class EvalTask:
     knn_preprocess: Sequence[str] = ("none", "zscore")
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"task {self.name!r}: unknown dataset {self.dataset!r}; expected one of {DATASETS}")
-        if self.dataset == "image_folder" and self.root is None:
-            raise ValueError(f"task {self.name!r}: dataset image_folder needs `root` (train/ and test/ class folders)")
-        if self.dataset == "shards" and (self.train_urls is None or self.test_urls is None):
-            raise ValueError(f"task {self.name!r}: dataset shards needs `train_urls` and `test_urls`")
+        try:
+            check_source(self.dataset, self.root, self.train_urls, self.test_urls)
+        except ValueError as err:
+            raise ValueError(f"task {self.name!r}: {err}") from None
         for field in ("limit_train", "limit_test"):
             limit = getattr(self, field)
             if limit is not None and limit < 1:
