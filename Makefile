@@ -15,7 +15,7 @@ QUICKSTART_DATA ?= configs/data/fashion_mnist_wds.yaml
 QUICKSTART_SHARDS := data/fashion_mnist_wds
 PYTEST_ARGS ?=
 
-.PHONY: quickstart test venv data bench clean
+.PHONY: quickstart test venv data clean
 
 venv: $(STAMP)
 

@@ -22,5 +22,5 @@ setup(
     packages=find_packages(include=["vispre", "vispre.*"]),
     install_requires=requirements("requirements.txt"),
     extras_require={"dev": requirements("requirements-dev.txt")},
-    entry_points={"console_scripts": ["vispre=vispre.cli:main"]},
+    entry_points={"console_scripts": ["vispre=vispre.commands:main"]},
 )

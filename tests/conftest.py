@@ -1,21 +1,16 @@
-"""Shared fixtures: tiny ViTs on CPU (img 32, patch 8, dim 32, depth 2, heads 2), deterministic seeds."""
+"""Shared fixtures: tiny ViTs / MAEs / CPU trainers (builders in tests/helpers.py), deterministic seeds."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import REPO_ROOT, cpu_trainer, tiny_mae, tiny_vit
 from vispre.backbones import MaskedViT
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-
-
-def tiny_vit(**overrides: object) -> MaskedViT:
-    """A tiny MaskedViT; keyword arguments override the sizes/features."""
-    args = dict(model_name="vit_tiny_patch16_224", img_size=32, patch_size=8, in_chans=3, embed_dim=32,
-                depth=2, num_heads=2)
-    args.update(overrides)
-    return MaskedViT(**args)
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +21,22 @@ def _seed() -> None:
 @pytest.fixture
 def tiny_backbone() -> MaskedViT:
     return tiny_vit()
+
+
+@pytest.fixture
+def tiny_mae_model():
+    return tiny_mae()
+
+
+@pytest.fixture
+def make_trainer():
+    """The :func:`tests.helpers.cpu_trainer` builder (call it with Trainer overrides)."""
+    return cpu_trainer
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,10 +1,10 @@
-"""vispre.hub: export -> plain timm load, load_backbone from every supported file, clear mismatch errors,
-refusal of pickled objects, pos-embed resampling for another image size, warm start of an objective."""
+"""vispre.hub: export -> plain timm load, load_backbone from every supported file (run folder, Lightning
+checkpoint, export, timm/MAE-style state dicts), the top-level ``vispre.load_backbone``, warm start from a config."""
 
 from __future__ import annotations
 
-import collections
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,46 +13,28 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from tests.conftest import tiny_vit
-from tests.test_eval_probe import single_thread  # noqa: F401 (autouse fixture)
+import vispre
+from tests.helpers import (QUICKSTART_CONFIG, assert_same_weights, backbone_args, build_run, cpu_trainer,
+                           lightning_checkpoint, one_thread, perturbed, synthetic_data_args, tiny_mae, tiny_mae_run,
+                           tiny_vit)
 from vispre.backbones import MaskedViT
 from vispre.backbones.vit import describe_vit
-from vispre.hub import export_backbone, load_backbone, read_backbone
+from vispre.backbones.weights import read_backbone
+from vispre.hub import export_backbone, load_backbone
 from vispre.objectives import MAE
 
 X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
-def perturbed(backbone: MaskedViT) -> MaskedViT:
-    """Give every tensor (incl. the frozen sin-cos pos_embed) distinctive values, as after training."""
-    with torch.no_grad():
-        for p in backbone.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return backbone.eval()
-
-
-def lightning_checkpoint(module: torch.nn.Module, path: Path) -> Path:
-    """What Lightning writes (state_dict + loops + our metadata), minus what the test does not need."""
-    checkpoint = {"epoch": 0, "global_step": 1, "state_dict": module.state_dict(), "pytorch-lightning_version": "2"}
-    module.on_save_checkpoint(checkpoint)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, path)
-    return path
-
-
-def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
 
 
 @pytest.fixture
 def mae_run(tmp_path: Path) -> tuple[MAE, Path]:
-    """A tiny MAE objective and its run folder ``run/checkpoints/last.ckpt``."""
-    mae = MAE(perturbed(tiny_vit()), decoder_dim=16, decoder_depth=1, decoder_num_heads=2)
-    lightning_checkpoint(mae, tmp_path / "run" / "checkpoints" / "last.ckpt")
-    return mae, tmp_path / "run"
+    return tiny_mae_run(tmp_path)
 
 
 def test_export_then_plain_timm_load_gives_the_same_features(mae_run: tuple[MAE, Path], tmp_path: Path) -> None:
@@ -94,7 +76,7 @@ def test_load_backbone_from_timm_and_mae_style_state_dicts(layout: str, tmp_path
     else:  # a timm classifier's state dict: the head is dropped
         obj = {**own, "head.weight": torch.zeros(1000, 32), "head.bias": torch.zeros(1000)}
     torch.save(obj, tmp_path / "weights.pth")
-    with pytest.raises(ValueError, match="records no architecture: pass create_vit arguments"):
+    with pytest.raises(vispre.VispreError, match="records no architecture: pass create_vit arguments"):
         load_backbone(tmp_path / "weights.pth")
     vit = load_backbone(tmp_path / "weights.pth", **describe_vit(backbone.vit))
     assert_same_weights(vit, backbone.vit)
@@ -103,74 +85,10 @@ def test_load_backbone_from_timm_and_mae_style_state_dicts(layout: str, tmp_path
 def test_avg_pool_backbone_keeps_its_fc_norm(tmp_path: Path) -> None:
     backbone = perturbed(tiny_vit(global_pool="avg"))
     assert "fc_norm.weight" in backbone.vit.state_dict()
-    lightning_checkpoint(MAE(backbone, decoder_dim=16, decoder_depth=1, decoder_num_heads=2), tmp_path / "a.ckpt")
+    lightning_checkpoint(tiny_mae(backbone), tmp_path / "a.ckpt")
     vit = load_backbone(export_backbone(tmp_path / "a.ckpt", tmp_path / "a.safetensors"))
     assert_same_weights(vit, backbone.vit)
 
-
-def _saved_state(tmp_path: Path, edit: str) -> Path:
-    state = dict(perturbed(tiny_vit()).vit.state_dict())
-    if edit == "extra":
-        state["blocks.2.norm1.weight"] = torch.ones(32)
-    elif edit == "missing":
-        del state["norm.weight"]
-    torch.save(state, tmp_path / "w.pt")
-    return tmp_path / "w.pt"
-
-
-@pytest.mark.parametrize("edit,overrides,message", [
-    ("extra", {}, "backbone weights do not match the model: missing keys [], "
-                  "unexpected keys ['blocks.2.norm1.weight']"),
-    ("missing", {}, "backbone weights do not match the model: missing keys ['norm.weight'], unexpected keys []"),
-    # first mismatch in file order: fc1 of block 0; both shapes named
-    ("none", {"mlp_ratio": 2.0}, "shape mismatch at 'blocks.0.mlp.fc1.weight': checkpoint (128, 32) vs model (64, 32)"),
-])
-def test_mismatching_weights_give_the_documented_error(edit: str, overrides: dict, message: str,
-                                                       tmp_path: Path) -> None:
-    arch = {**describe_vit(tiny_vit().vit), **overrides}
-    with pytest.raises(ValueError) as info:
-        load_backbone(_saved_state(tmp_path, edit), **arch)
-    assert str(info.value) == message
-
-
-class Payload:
-    """Unpickling it would run __setstate__: a stand-in for arbitrary code in a downloaded file."""
-
-    ran = False
-
-    def __setstate__(self, state: dict) -> None:
-        Payload.ran = True
-
-
-class TrickyDict(collections.OrderedDict):
-    pass
-
-
-@pytest.mark.parametrize("obj,culprit", [
-    (lambda state: {"state_dict": state, "extra": Payload()}, "tests.test_hub.Payload"),
-    (lambda state: TrickyDict(state), "tests.test_hub.TrickyDict"),
-])
-def test_pickled_objects_are_refused_without_running_them(obj, culprit: str, tmp_path: Path) -> None:
-    torch.save(obj(tiny_vit().vit.state_dict()), tmp_path / "evil.ckpt")
-    with pytest.raises(ValueError) as info:
-        load_backbone(tmp_path / "evil.ckpt")
-    assert str(info.value).startswith(f"refusing to load {tmp_path / 'evil.ckpt'}: it contains a pickled Python "
-                                      f"object ({culprit}) that is unsafe to unpickle")
-    assert not Payload.ran
-
-
-def test_missing_files_and_folders_are_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="checkpoint .*nope.ckpt does not exist"):
-        load_backbone(tmp_path / "nope.ckpt")
-    with pytest.raises(FileNotFoundError, match="is a folder without checkpoints/last.ckpt"):
-        load_backbone(tmp_path)
-    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="garbage.pt is not a readable torch checkpoint of plain tensors: "
-                                         "Unsupported operand"):
-        load_backbone(tmp_path / "garbage.pt")
-    (tmp_path / "garbage.safetensors").write_bytes(b"not safetensors either")
-    with pytest.raises(ValueError, match="garbage.safetensors is not a readable safetensors file"):
-        load_backbone(tmp_path / "garbage.safetensors")
 
 
 def test_pos_embed_is_resampled_for_another_image_size(mae_run: tuple[MAE, Path], tmp_path: Path) -> None:
@@ -187,53 +105,40 @@ def test_pos_embed_is_resampled_for_another_image_size(mae_run: tuple[MAE, Path]
     others = {k: v for k, v in vit.state_dict().items() if k != "pos_embed"}
     for key, value in others.items():
         assert torch.equal(value, mae.backbone.vit.state_dict()[key]), key
-    state, args = read_backbone(run)
+    state, args = read_backbone(run)  # the NamedTuple unpacks as (state_dict, architecture)
     assert args is not None and args["img_size"] == 32  # the recorded size is only overridden on request
 
 
-def test_warm_start_loads_the_backbone_and_keeps_heads_fresh(mae_run: tuple[MAE, Path], tmp_path: Path) -> None:
-    source, run = mae_run
-    export = export_backbone(run, tmp_path / "b.safetensors")
-    for init_from in (str(run), str(export)):
-        torch.manual_seed(3)
-        warm = MAE(tiny_vit(init_from=init_from), decoder_dim=16, decoder_depth=1, decoder_num_heads=2)
-        torch.manual_seed(3)
-        cold = MAE(tiny_vit(), decoder_dim=16, decoder_depth=1, decoder_num_heads=2)
-        assert_same_weights(warm.backbone, source.backbone)
-        assert_same_weights(warm.decoder, cold.decoder)  # fresh init, not the file's decoder
-        assert not all(torch.equal(a, b) for a, b in zip(warm.decoder.parameters(), source.decoder.parameters()))
-        assert not warm.backbone.vit.pos_embed.requires_grad  # still the frozen (now loaded) position table
-
-
-def test_warm_start_of_another_architecture_is_refused(mae_run: tuple[MAE, Path]) -> None:
-    _, run = mae_run
-    with pytest.raises(ValueError) as info:
-        tiny_vit(depth=3, init_from=str(run))
-    assert str(info.value) == (f"cannot initialise the backbone from {run}: backbone weights do not match the "
-                               f"model: missing keys ['blocks.2.attn.proj.bias', 'blocks.2.attn.proj.weight', "
-                               f"'blocks.2.attn.qkv.bias', 'blocks.2.attn.qkv.weight', 'blocks.2.mlp.fc1.bias'], "
-                               f"unexpected keys []")
-
-
 def test_warm_start_from_a_config(tmp_path: Path) -> None:
-    from tests.test_cli import QUICKSTART, backbone_args, build, synthetic_data_args
-
-    backbone = perturbed(MaskedViT(**backbone_args(QUICKSTART)))
+    backbone = perturbed(MaskedViT(**backbone_args(QUICKSTART_CONFIG)))
     torch.save({"model": backbone.vit.state_dict()}, tmp_path / "mae_style.pth")
-    cli = build(["--config", str(QUICKSTART), *synthetic_data_args(QUICKSTART), "--trainer.accelerator=cpu",
-                 "--trainer.logger=false", f"--model.backbone.init_args.init_from={tmp_path / 'mae_style.pth'}"],
-                tmp_path)
-    assert_same_weights(cli.model.backbone, backbone)
+    built = build_run([QUICKSTART_CONFIG], [*synthetic_data_args(QUICKSTART_CONFIG),
+                                            f"--model.backbone.init_args.init_from={tmp_path / 'mae_style.pth'}"],
+                      tmp_path, trainer=False)
+    assert_same_weights(built.model.backbone, backbone)
+
+
+def test_top_level_api(mae_run: tuple[MAE, Path], tmp_path: Path) -> None:
+    """`vispre.load_backbone(path)` / `vispre.export_backbone` are the hub's functions, loaded on first use."""
+    mae, run = mae_run
+    assert vispre.load_backbone is load_backbone and vispre.export_backbone is export_backbone
+    assert_same_weights(vispre.load_backbone(run), mae.backbone.vit)
+    assert "mae" in vispre.OBJECTIVES and issubclass(vispre.VispreError, ValueError)
+    assert {"load_backbone", "export_backbone", "OBJECTIVES", "VispreError", "create_vit"} <= set(vispre.__all__)
+
+
+def test_export_target_must_be_safetensors(mae_run: tuple[MAE, Path], tmp_path: Path) -> None:
+    _, run = mae_run
+    with pytest.raises(vispre.VispreError, match="export target must end in .safetensors, got b.pt"):
+        export_backbone(run, tmp_path / "b.pt")
+    assert not (tmp_path / "b.pt").exists()
 
 
 def test_load_backbone_from_a_real_lightning_checkpoint(tmp_path: Path) -> None:
-    import lightning as L
-
     from vispre.data.synthetic import SyntheticDataModule
 
-    mae = MAE(tiny_vit(), decoder_dim=16, decoder_depth=1, decoder_num_heads=2)
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    mae = tiny_mae()
+    trainer = cpu_trainer(max_steps=2)
     trainer.fit(mae, datamodule=SyntheticDataModule(img_size=32, num_samples=8, batch_size=4))
     trainer.save_checkpoint(tmp_path / "real.ckpt")
     vit = load_backbone(tmp_path / "real.ckpt")

@@ -23,15 +23,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from vispre.backbones import MaskedViT
-from vispre.data.datamodule import ViewDataset
+from vispre.data.in_memory import ViewDataset
 from vispre.data.fashion_mnist import MEAN, STD, load_fashion_mnist
 from vispre.data.transforms import EvalView, SimCLRViews
 from vispre.eval.features import extract_features
 from vispre.eval.knn import knn_top1
 from vispre.eval.linear_probe import linear_probe_sweep
-from vispre.objectives import (MAE, AdamWRecipe, AMCLBarlowTwins, AMCLMoCoV3, AMCLSimCLR, BarlowTwins, MoCoV3,
-                               MultiObjective, PretrainObjective, SimCLR)
-from vispre.objectives.optim import warmup_cosine
+from vispre.heads import MultiProjectionHead, ProjectionMLP
+from vispre.losses import (AMCLBarlowTwinsLoss, AMCLInfoNCELoss, AMCLNTXentLoss, BarlowTwinsLoss, InfoNCELoss,
+                           NTXentLoss)
+from vispre.objectives import MAE, BarlowTwins, MoCoV3, MultiObjective, PretrainObjective, SimCLR
+from vispre.optim import AdamWRecipe, warmup_cosine
 
 VIRTUAL_STEPS = 1000  # schedules run on elapsed / budget mapped onto this many steps
 
@@ -41,20 +43,47 @@ def small_vit() -> MaskedViT:
                      num_heads=3)
 
 
-SIM = dict(proj_hidden_dim=512, proj_dim=128, temperature=0.2)
-MOCO = dict(proj_hidden_dim=512, proj_dim=128, temperature=0.2, freeze_patch_embed=True)
-BT = dict(proj_hidden_dim=512, proj_dim=512)
+SIM_HEAD = dict(hidden_dim=512, out_dim=128, num_layers=2)
+MOCO_HEAD = dict(hidden_dim=512, out_dim=128, num_layers=3, last_batch_norm=True)
+BT_HEAD = dict(hidden_dim=512, out_dim=512, num_layers=3)
 MAE_ARGS = dict(decoder_dim=64, decoder_depth=2, decoder_num_heads=4)
+
+
+def simclr(heads: int | None = None, form: str = "hardest") -> Callable[[MaskedViT], PretrainObjective]:
+    """SimCLR (T 0.2), or AMCL-SimCLR with ``heads`` projection heads and the given form."""
+    if heads is None:
+        return partial(SimCLR, projector=partial(ProjectionMLP, **SIM_HEAD), loss=NTXentLoss(temperature=0.2))
+    return partial(SimCLR, projector=partial(MultiProjectionHead, num_heads=heads, **SIM_HEAD),
+                   loss=partial(AMCLNTXentLoss, temperature=0.2, form=form))
+
+
+def moco_v3(heads: int | None = None) -> Callable[[MaskedViT], PretrainObjective]:
+    """MoCo v3 (T 0.2, frozen patch embedding), or AMCL-MoCo v3 with ``heads`` heads (hardest form)."""
+    if heads is None:
+        return partial(MoCoV3, projector=partial(ProjectionMLP, **MOCO_HEAD), loss=InfoNCELoss(temperature=0.2),
+                       freeze_patch_embed=True)
+    return partial(MoCoV3, projector=partial(MultiProjectionHead, num_heads=heads, **MOCO_HEAD),
+                   loss=partial(AMCLInfoNCELoss, temperature=0.2), freeze_patch_embed=True)
+
+
+def barlow_twins(heads: int | None = None) -> Callable[[MaskedViT], PretrainObjective]:
+    """Barlow Twins, or AMCL-Barlow Twins with ``heads`` heads."""
+    if heads is None:
+        return partial(BarlowTwins, projector=partial(ProjectionMLP, **BT_HEAD), loss=BarlowTwinsLoss())
+    return partial(BarlowTwins, projector=partial(MultiProjectionHead, num_heads=heads, **BT_HEAD),
+                   loss=AMCLBarlowTwinsLoss)
+
+
 METHODS: dict[str, Callable[[MaskedViT], PretrainObjective]] = {
     "mae": partial(MAE, **MAE_ARGS),
-    "simclr": partial(SimCLR, **SIM),
-    "amcl_simclr (hardest)": partial(AMCLSimCLR, **SIM),
-    "amcl_simclr (logsumexp)": partial(AMCLSimCLR, **SIM, form="logsumexp"),
-    "moco_v3": partial(MoCoV3, **MOCO),
-    "amcl_moco_v3 (hardest)": partial(AMCLMoCoV3, **MOCO),
-    "barlow_twins": partial(BarlowTwins, **BT),
-    "amcl_barlow_twins": partial(AMCLBarlowTwins, **BT),
-    "mae + simclr": lambda b: MultiObjective(b, [partial(MAE, **MAE_ARGS), partial(SimCLR, **SIM)],
+    "simclr": simclr(),
+    "amcl_simclr (hardest)": simclr(heads=3),
+    "amcl_simclr (logsumexp)": simclr(heads=3, form="logsumexp"),
+    "moco_v3": moco_v3(),
+    "amcl_moco_v3 (hardest)": moco_v3(heads=3),
+    "barlow_twins": barlow_twins(),
+    "amcl_barlow_twins": barlow_twins(heads=3),
+    "mae + simclr": lambda b: MultiObjective(b, objectives=[partial(MAE, **MAE_ARGS), simclr()],
                                              weights=[1.0, 0.5], views=[[0], [0, 1]]),
 }
 

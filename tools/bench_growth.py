@@ -30,9 +30,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from vispre.bench import count_flops, load_objective, synthetic_batch
-from vispre.cli import main as vispre_main
-from vispre.eval.cli import load_tasks
+from vispre.bench import count_flops, synthetic_batch
+from vispre.commands import main as vispre_main
+from vispre.commands.config import build_from_config
+from vispre.eval.suite import load_tasks
 from vispre.eval.suite import run_suite
 from vispre.hub import load_backbone
 
@@ -41,8 +42,8 @@ BASE = "configs/mae/vit_tiny_fashion_mnist.yaml"
 
 def flops_per_step(depth: int, overrides: list[str], batch_size: int) -> float:
     """Counted FLOPs of one MAE training step (forward + backward) at ``depth``."""
-    model = load_objective([BASE], [*overrides, f"--model.backbone.init_args.depth={depth}",
-                                    "--trainer.callbacks=[]"])
+    model = build_from_config([BASE], [*overrides, f"--model.backbone.init_args.depth={depth}",
+                                       "--trainer.callbacks=[]"]).model
     return count_flops(model.train(), synthetic_batch(model, batch_size, 1, torch.device("cpu")), nullcontext)
 
 

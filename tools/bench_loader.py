@@ -3,7 +3,9 @@
 Writes N Fashion-MNIST training images as JPEGs (class sub-folders) to a cache folder once, shards of the
 same JPEG bytes with ``vispre shards folder``'s writer, then times, side by side in one run and in
 alternating order, one epoch-slice of each loader with the same view transform, batch size and workers.
-Also times the in-memory quickstart DataModule and the PNG quickstart shards. Prints JSON.
+Also times the in-memory quickstart DataModule and the PNG quickstart shards, and the streaming loader's tar
+reader stage (vispre.data.tar_members) against webdataset's own ``tar_file_iterator`` (tarfile) over the same
+shards, members read whole, best of rounds (``tar_reader_us_per_member``). Prints JSON.
 
     flock /tmp/vispre-heavy.lock .venv/bin/python tools/bench_loader.py --num-images 12000 --workers 1
 
@@ -30,11 +32,11 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 from torchvision.io import ImageReadMode, decode_image
 
-from vispre.data import shards as sh
-from vispre.data.datamodule import FashionMNISTDataModule
-from vispre.data.fashion_mnist import MEAN, STD, load_fashion_mnist
-from vispre.data.streaming import WebDatasetDataModule
-from vispre.data.transforms import MAEView
+from webdataset.tariterators import tar_file_iterator
+
+from vispre.data import (FashionMNISTDataModule, MAEView, WebDatasetDataModule, iter_tar_members,
+                         load_fashion_mnist, read_index, write_folder_shards)
+from vispre.data.fashion_mnist import MEAN, STD
 
 
 def write_jpegs(folder: Path, num_images: int) -> None:
@@ -84,11 +86,29 @@ def view_microseconds(view: MAEView, images: torch.Tensor, rounds: int) -> dict[
     return {k: round(v, 1) for k, v in best.items()}
 
 
+def tar_reader_microseconds(shards: list[Path], rounds: int) -> dict[str, float]:
+    """Best-of-rounds microseconds per tar member: vispre's reader vs webdataset's ``tar_file_iterator``
+    (both yield every member's name and bytes), same shards, same run; and their ratio."""
+    readers = {"vispre_iter_tar_members": lambda f: sum(1 for _ in iter_tar_members(f)),
+               "webdataset_tar_file_iterator": lambda f: sum(1 for _ in tar_file_iterator(f))}
+    best = {name: float("inf") for name in readers}
+    for round_ in range(rounds):
+        for name in (list(readers) if round_ % 2 == 0 else list(reversed(readers))):
+            start, members = time.perf_counter(), 0
+            for shard in shards:
+                with open(shard, "rb") as f:
+                    members += readers[name](f)
+            best[name] = min(best[name], (time.perf_counter() - start) / members * 1e6)
+    out = {k: round(v, 2) for k, v in best.items()}
+    out["ratio_webdataset_vs_vispre"] = round(best["webdataset_tar_file_iterator"] / best["vispre_iter_tar_members"], 2)
+    return out
+
+
 def time_quickstart_fit(batches: int, rounds: int) -> dict[str, list[float]]:
     """Wall seconds of ``vispre fit`` (quickstart config, ``batches`` batches) in-memory vs streaming, alternating."""
     root = Path(__file__).resolve().parents[1]
     vispre = [str(Path(sys.executable).with_name("vispre"))]  # the console script, as `make quickstart` runs it
-    if sh.read_index(root / "data/fashion_mnist_wds") is None:
+    if read_index(root / "data/fashion_mnist_wds") is None:
         subprocess.run([*vispre, "shards", "fashion-mnist", str(root / "data/fashion_mnist_wds")], check=True)
     base = [*vispre, "fit", "--config", str(root / "configs/mae/vit_tiny_fashion_mnist.yaml"), "--trainer.max_epochs=1",
             f"--trainer.limit_train_batches={batches}", "--trainer.enable_progress_bar=false"]
@@ -118,10 +138,8 @@ def main() -> None:
     torch.set_num_threads(2)
     cache = Path(args.cache)
     write_jpegs(cache / "jpg", args.num_images)
-    if sh.read_index(cache / "wds") is None:
-        files, classes = sh.folder_samples(cache / "jpg", labels=True)
-        sh.write_shards(sh._FolderItems(cache / "jpg", files, classes), cache / "wds", samples_per_shard=2000,
-                        metadata={"source": "folder", "classes": classes})
+    if read_index(cache / "wds") is None:
+        write_folder_shards(cache / "jpg", cache / "wds", labels=True, samples_per_shard=2000)
     view = MAEView(28, mean=MEAN, std=STD)
 
     def folder_loader(loader_fn) -> DataLoader:
@@ -139,7 +157,7 @@ def main() -> None:
                "imagefolder_pil": folder_loader(grey_pil),
                "imagefolder_tv_decode": folder_loader(tv_decode),
                "in_memory_fashion_mnist": memory.train_dataloader()}
-    if sh.read_index("data/fashion_mnist_wds") is not None:
+    if read_index("data/fashion_mnist_wds") is not None:
         loaders["streaming_wds_png_quickstart"] = stream("data/fashion_mnist_wds").train_dataloader()
     rates: dict[str, list[float]] = {name: [] for name in loaders}
     for round_ in range(args.rounds):
@@ -158,6 +176,8 @@ def main() -> None:
         "ratio_streaming_png_vs_in_memory": round(best.get("streaming_wds_png_quickstart", float("nan"))
                                                    / best["in_memory_fashion_mnist"], 2),
     }
+    shards = [cache / "wds" / shard["name"] for shard in read_index(cache / "wds")["shards"]]
+    result["tar_reader_us_per_member"] = tar_reader_microseconds(shards, max(3, args.rounds))
     result["mae_view_us_per_image"] = view_microseconds(view, load_fashion_mnist("train").images[:3000],
                                                         args.rounds)
     if args.end_to_end:

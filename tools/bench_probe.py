@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from vispre.backbones.vit import create_vit
 from vispre.data.fashion_mnist import LabelledImages, load_fashion_mnist
 from vispre.data.transforms import EvalView
-from vispre.eval.cli import load_tasks
+from vispre.eval.suite import load_tasks
 from vispre.eval.datasets import default_normalisation, subset
 from vispre.eval.features import extract_features
 from vispre.eval.linear_probe import linear_probe_sweep

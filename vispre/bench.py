@@ -1,10 +1,10 @@
-"""``vispre bench``: train-step throughput of a config's objective (images/s, step time, peak memory, MFU).
+"""Train-step throughput of an objective: images/s, step time, peak memory, FLOPs and MFU.
 
-    vispre bench --config configs/mae/vit_tiny_fashion_mnist.yaml [--steps 20] [--batch_size 256]
-                 [--device cpu|cuda] [--precision bf16-mixed] [--compile] [--out bench.json]
+The command line form is ``vispre bench --config RUN.yaml [--steps 20] [--batch_size 256] [--set KEY=VALUE]``
+(vispre/commands/bench.py); :func:`bench_objective` is the library call.
 
 What is timed: one optimizer step of the objective (``loss_terms`` forward, backward, the recipe's
-AdamW/LARS step, zero_grad) on a fixed synthetic batch of the backbone's image size, after warm-up steps;
+optimizer step, zero_grad) on a fixed synthetic batch of the backbone's image size, after warm-up steps;
 data loading is not included. Peak memory: ``torch.cuda.max_memory_allocated`` on a GPU, the process's
 peak resident set size (``ru_maxrss``, includes Python and torch themselves) on CPU.
 
@@ -15,21 +15,18 @@ and the optimizer, so MFU = counted FLOPs / step time / the device's dense bf16 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import resource
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vispre.errors import VispreError
 from vispre.objectives.base import PretrainObjective
 
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
@@ -68,7 +65,7 @@ def make_train_step(model: PretrainObjective, batch: dict, optimizer: torch.opti
 
     def step() -> torch.Tensor:
         with autocast():
-            loss = model.loss_terms(batch)["loss"]
+            loss = model(batch)["loss"]  # the module call: compiled when the switchboard compiled it
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -127,7 +124,7 @@ def bench_objective(model: PretrainObjective, name: str, batch_size: int, steps:
         BenchResult with median/min step time, images/s (batch / median step), peak memory, FLOPs, MFU.
     """
     if precision not in ("32-true", "bf16-mixed"):
-        raise ValueError(f"precision must be '32-true' or 'bf16-mixed', got {precision!r}")
+        raise VispreError(f"precision must be '32-true' or 'bf16-mixed', got {precision!r}")
     dev = torch.device(device)
     model = model.to(dev).train()
     batch = synthetic_batch(model, batch_size, num_views, dev)
@@ -153,70 +150,3 @@ def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
     return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
-def load_objective(configs: list[str], overrides: list[str]) -> PretrainObjective:
-    """Build the objective of a vispre YAML config (several configs merge left to right), without data."""
-    from vispre.cli import VispreCLI
-
-    args = [a for c in configs for a in ("--config", c)] + overrides
-    with tempfile.TemporaryDirectory() as runs:
-        cli = VispreCLI(PretrainObjective, subclass_mode_model=True, subclass_mode_data=True, run=False,
-                        auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
-                        args=[*args, f"--runs_dir={runs}", "--trainer.logger=false"])
-    return cli.model
-
-
-def main(argv: list[str]) -> int:
-    """``vispre bench``: print one JSON row per run (and write them to ``--out``)."""
-    parser = argparse.ArgumentParser(prog="vispre bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", action="append", required=True, help="vispre YAML (repeat to merge)")
-    parser.add_argument("--batch_size", type=int, default=None, help="default: the config's data batch_size")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default=None, help="default: bf16-mixed on a bf16 GPU, else 32-true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile loss_terms (eager fallback)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU")
-    parser.add_argument("--out", type=Path, default=None, help="write the JSON rows here")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra LightningCLI override, e.g. --set model.mask_ratio=0.9")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from vispre.cli import default_precision
-
-    precision = args.precision or (default_precision() if args.device == "cuda" else "32-true")
-    model = load_objective(args.config, [f"--{s}" for s in args.set])
-    batch_size = args.batch_size or _config_batch_size(args.config)
-    if args.compile:
-        from vispre.callbacks.speed import SpeedSwitchboard, apply_switches
-
-        apply_switches(model, SpeedSwitchboard(compile=True))
-    name = " + ".join(Path(c).stem for c in args.config) + (" +compile" if args.compile else "")
-    row = bench_objective(model, name, batch_size, args.steps, args.warmup, args.device, precision,
-                          peak=args.peak_tflops)._asdict()
-    print(json.dumps(row))
-    if args.out is not None:
-        write_json_atomically(args.out, [row])
-    return 0
-
-
-def _config_batch_size(configs: list[str]) -> int:
-    import yaml
-
-    for config in reversed(configs):
-        data = (yaml.safe_load(Path(config).read_text()) or {}).get("data") or {}
-        size = (data.get("init_args") or {}).get("batch_size")
-        if isinstance(size, int):
-            return size
-    raise ValueError("no data.init_args.batch_size in the config(s); pass --batch_size")
-
-
-def write_json_atomically(path: Path, rows: list[dict]) -> None:
-    """Write rows as JSON via a temporary file + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(rows, indent=2) + "\n")
-    os.replace(tmp, path)

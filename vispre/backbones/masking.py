@@ -11,6 +11,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from vispre.errors import VispreError
+
 
 class TokenMask(NamedTuple):
     """Result of :func:`random_token_mask`.
@@ -34,9 +36,9 @@ def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
 
 
 def check_mask_ratio(mask_ratio: float) -> None:
-    """Raise ValueError unless 0 < mask_ratio < 1 (ratio 0 makes the masked loss 0/0, ratio 1 hides all)."""
+    """Raise VispreError unless 0 < mask_ratio < 1 (ratio 0 makes the masked loss 0/0, ratio 1 hides all)."""
     if not 0.0 < mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must lie strictly between 0 and 1, got {mask_ratio!r}")
+        raise VispreError(f"mask_ratio must lie strictly between 0 and 1, got {mask_ratio!r}")
 
 
 def random_token_mask(batch_size: int, num_tokens: int, mask_ratio: float, noise: Tensor | None = None,
@@ -58,7 +60,7 @@ def random_token_mask(batch_size: int, num_tokens: int, mask_ratio: float, noise
     if noise is None:
         noise = torch.rand(batch_size, num_tokens, device=device)
     elif noise.shape != (batch_size, num_tokens):
-        raise ValueError(f"noise must have shape {(batch_size, num_tokens)}, got {tuple(noise.shape)}")
+        raise VispreError(f"noise must have shape {(batch_size, num_tokens)}, got {tuple(noise.shape)}")
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     mask = torch.ones(batch_size, num_tokens, device=noise.device)
@@ -92,7 +94,7 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
     """
     b, c, h, w = images.shape
     if h % patch_size or w % patch_size:
-        raise ValueError(f"image size {h}x{w} is not divisible by patch_size {patch_size}")
+        raise VispreError(f"image size {h}x{w} is not divisible by patch_size {patch_size}")
     gh, gw = h // patch_size, w // patch_size
     x = images.reshape(b, c, gh, patch_size, gw, patch_size)
     x = torch.einsum("bchpwq->bhwpqc", x)
@@ -114,7 +116,7 @@ def unpatchify(patches: Tensor, patch_size: int, grid_size: tuple[int, int], in_
     b, num, dim = patches.shape
     gh, gw = grid_size
     if num != gh * gw or dim != patch_size * patch_size * in_chans:
-        raise ValueError(f"patches of shape {tuple(patches.shape)} do not fit grid {grid_size}, "
+        raise VispreError(f"patches of shape {tuple(patches.shape)} do not fit grid {grid_size}, "
                          f"patch_size {patch_size}, in_chans {in_chans}")
     x = patches.reshape(b, gh, gw, patch_size, patch_size, in_chans)
     x = torch.einsum("bhwpqc->bchpwq", x)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from vispre.errors import VispreError
+
 
 def sincos_1d(embed_dim: int, positions: Tensor) -> Tensor:
     """Sine-cosine embedding of 1-D positions.
@@ -17,7 +19,7 @@ def sincos_1d(embed_dim: int, positions: Tensor) -> Tensor:
         [M, embed_dim]: first half sin, second half cos, frequencies 1 / 10000^(2i/dim).
     """
     if embed_dim % 2:
-        raise ValueError(f"sin-cos embedding needs an even dimension, got {embed_dim}")
+        raise VispreError(f"sin-cos embedding needs an even dimension, got {embed_dim}")
     omega = torch.arange(embed_dim // 2, dtype=torch.float64) / (embed_dim / 2.0)
     omega = 1.0 / 10000**omega
     out = positions.to(torch.float64)[:, None] * omega[None, :]
@@ -36,7 +38,7 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: tuple[int, int], num_prefix_t
         [num_prefix_tokens + gh*gw, D] float32, patch rows in row-major order.
     """
     if embed_dim % 4:
-        raise ValueError(f"2-D sin-cos position embedding needs embed_dim divisible by 4, got {embed_dim}")
+        raise VispreError(f"2-D sin-cos position embedding needs embed_dim divisible by 4, got {embed_dim}")
     gh, gw = grid_size
     ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
     # MAE convention: first half encodes the column (w) coordinate, second half the row (h).

@@ -10,18 +10,21 @@ from typing import NamedTuple
 
 import timm
 import torch
+from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from vispre.backbones.masking import TokenMask, gather_tokens, random_token_mask
 from vispre.backbones.pos_embed import sincos_pos_embed_2d
+from vispre.backbones.weights import init_from_file
+from vispre.errors import VispreError
 
 
 def create_vit(model_name: str = "vit_tiny_patch16_224", *, img_size: int | None = None,
                patch_size: int | None = None, in_chans: int | None = None, embed_dim: int | None = None,
                depth: int | None = None, num_heads: int | None = None, mlp_ratio: float | None = None,
-               **timm_kwargs: object) -> VisionTransformer:
-    """Create a headless timm VisionTransformer by name, optionally overriding its sizes.
+               num_classes: int = 0, **timm_kwargs: object) -> VisionTransformer:
+    """Create a timm VisionTransformer by name (headless by default), optionally overriding its sizes.
 
     Never downloads weights (``pretrained=False``); load weights with :func:`vispre.hub.load_backbone`.
 
@@ -29,26 +32,27 @@ def create_vit(model_name: str = "vit_tiny_patch16_224", *, img_size: int | None
         model_name: any timm ViT name (``vit_base_patch16_224``, ...); its defaults are overridden by the
             explicit sizes that are not None.
         img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio: optional overrides.
+        num_classes: classifier outputs; 0 (default) = no head, forward returns pooled features.
         **timm_kwargs: further VisionTransformer arguments (class_token, reg_tokens, global_pool,
             init_values, qkv_bias, drop_path_rate, ...).
 
     Returns:
-        A VisionTransformer with ``num_classes=0`` (forward returns pooled features).
+        A VisionTransformer (with ``num_classes=0``: forward returns [B, D] pooled features).
     """
     sizes = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                  depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
     kwargs = {k: v for k, v in {**sizes, **timm_kwargs}.items() if v is not None}
     if model_name not in timm.list_models("vit_*"):
-        raise ValueError(f"unknown timm ViT name {model_name!r}; see timm.list_models('vit_*')")
+        raise VispreError(f"unknown timm ViT name {model_name!r}; see timm.list_models('vit_*')")
     ps, im = kwargs.get("patch_size"), kwargs.get("img_size")
     if isinstance(ps, int) and isinstance(im, int) and im % ps:
-        raise ValueError(f"img_size {im} is not divisible by patch_size {ps}")
+        raise VispreError(f"img_size {im} is not divisible by patch_size {ps}")
     dim, heads = kwargs.get("embed_dim"), kwargs.get("num_heads")
     if isinstance(dim, int) and isinstance(heads, int) and dim % heads:
-        raise ValueError(f"embed_dim {dim} is not divisible by num_heads {heads}")
-    model = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
+        raise VispreError(f"embed_dim {dim} is not divisible by num_heads {heads}")
+    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **kwargs)
     if not isinstance(model, VisionTransformer):
-        raise ValueError(f"{model_name!r} is not a plain timm VisionTransformer ({type(model).__name__})")
+        raise VispreError(f"{model_name!r} is not a plain timm VisionTransformer ({type(model).__name__})")
     return model
 
 
@@ -77,9 +81,10 @@ class MaskedViT(nn.Module):
         sincos_pos_embed: replace the learned position embedding by the fixed, frozen 2-D sin-cos one
             (MAE recipe).
         init_from: warm start: a run folder, checkpoint, exported ``.safetensors`` or timm/MAE state dict whose
-            backbone weights replace the fresh ones (read safely by :func:`vispre.hub.init_from_file`; the
-            architecture must match, ``pos_embed`` is resampled for another image size; with sincos_pos_embed
-            the loaded table stays frozen). Heads stay fresh.
+            backbone weights replace the fresh ones (read safely by
+            :func:`vispre.backbones.weights.init_from_file`; the architecture must match, ``pos_embed`` is
+            resampled for another image size; with sincos_pos_embed the loaded table stays frozen). Heads stay
+            fresh.
     """
 
     def __init__(self, model_name: str = "vit_tiny_patch16_224", img_size: int = 224,
@@ -96,8 +101,6 @@ class MaskedViT(nn.Module):
         if sincos_pos_embed:
             self._set_sincos_pos_embed()
         if init_from is not None:
-            from vispre.hub import init_from_file  # local import: vispre.hub imports this module
-
             init_from_file(self.vit, init_from)
 
     def _set_sincos_pos_embed(self) -> None:
@@ -135,13 +138,13 @@ class MaskedViT(nn.Module):
 
     def embed(self, images: Tensor) -> Tensor:
         """Patch-embed, add position embeddings, prepend prefix tokens: [B, C, H, W] -> [B, P + L, D]."""
-        # timm's _pos_embed handles cls/register tokens and no_embed_class variants in one place.
-        return self.vit._pos_embed(self.vit.patch_embed(images))
+        return embed_tokens(self.vit, images)
 
     def run_blocks(self, tokens: Tensor) -> Tensor:
-        """norm_pre -> blocks -> norm: [B, N, D] -> [B, N, D]."""
+        """norm_pre -> blocks -> norm: [B, N, D] -> [B, N, D]. Honours timm's
+        ``vit.set_grad_checkpointing()`` (blocks recomputed in backward, as in timm's forward_features)."""
         x = self.vit.norm_pre(tokens)
-        x = self.vit.blocks(x)
+        x = forward_blocks(self.vit.blocks, x, checkpointing=self.vit.grad_checkpointing)
         return self.vit.norm(x)
 
     def forward_masked(self, images: Tensor, mask_ratio: float, noise: Tensor | None = None) -> MaskedEncoding:
@@ -173,6 +176,53 @@ class MaskedViT(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """Pooled features (timm's ``global_pool``): [B, C, H, W] -> [B, D]."""
         return self.pool(self.forward_features(images))
+
+
+def embed_tokens(vit: VisionTransformer, images: Tensor) -> Tensor:
+    """Patch embedding, prefix tokens and position embedding of a timm ViT, from its public attributes.
+
+    The same arithmetic as timm's own forward_features (so outputs are bit-identical): prefix tokens
+    (``cls_token``, then ``reg_token``) are concatenated in front of the patch tokens, and ``pos_embed`` is added
+    after the concatenation, or, with ``no_embed_class``, to the patch tokens only before it; then
+    ``pos_drop``. (timm's ``patch_drop`` is not applied: MaskedViT does its own masking.)
+
+    Args:
+        vit: timm VisionTransformer (fixed image size: ``dynamic_img_size`` is not supported).
+        images: [B, C, H, W].
+
+    Returns:
+        [B, P + L, D] tokens, P = ``vit.num_prefix_tokens`` prefix tokens first.
+    """
+    x = vit.patch_embed(images)
+    if x.ndim != 3:
+        raise VispreError("MaskedViT needs a timm ViT with a fixed image size (dynamic_img_size=False)")
+    prefix = [token.expand(x.shape[0], -1, -1) for token in (vit.cls_token, vit.reg_token) if token is not None]
+    if vit.pos_embed is None:
+        return torch.cat([*prefix, x], dim=1)
+    if vit.no_embed_class:
+        x = x + vit.pos_embed
+        x = torch.cat([*prefix, x], dim=1) if prefix else x
+    else:
+        x = torch.cat([*prefix, x], dim=1) if prefix else x
+        x = x + vit.pos_embed
+    return vit.pos_drop(x)
+
+
+def forward_blocks(blocks: nn.Sequential, x: Tensor, *, checkpointing: bool = False) -> Tensor:
+    """Run transformer ``blocks`` in order; with ``checkpointing`` (and gradients enabled) through timm's
+    :func:`timm.models.checkpoint_seq`, non-reentrant: each block's activations are recomputed in backward.
+
+    Args:
+        blocks: the blocks (timm ``vit.blocks``, an MAE decoder's blocks).
+        x: [B, N, D] tokens.
+        checkpointing: recompute activations in backward instead of storing them.
+
+    Returns:
+        [B, N, D].
+    """
+    if checkpointing and torch.is_grad_enabled():
+        return checkpoint_seq(blocks, x, use_reentrant=False)
+    return blocks(x)
 
 
 def describe_vit(vit: VisionTransformer) -> dict[str, object]:

@@ -5,11 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import torch
 from torch import Tensor
-
-from vispre.data.fashion_mnist import MEAN, STD, load_fashion_mnist
-from vispre.data.transforms import EvalView
 
 
 def save_reconstruction_grid(rows: list[Tensor], path: Path, titles: tuple[str, ...]) -> Path:
@@ -42,28 +38,45 @@ def save_reconstruction_grid(rows: list[Tensor], path: Path, titles: tuple[str, 
 
 
 class ReconstructionFigure(L.Callback):
-    """At the end of fit, reconstruct ``num_images`` Fashion-MNIST test images with the MAE being trained.
+    """At the end of fit, reconstruct ``num_images`` un-augmented images of the run's data module with the
+    MAE being trained (original / masked / reconstruction, in pixel space).
+
+    The images come from the data module's ``preview_images(count, img_size)`` (vispre.data.preview: e.g.
+    the Fashion-MNIST test split for FashionMNISTDataModule, the first samples in shard order for
+    WebDatasetDataModule), normalised as its views normalise them.
 
     Args:
-        num_images: rows of the grid. img_size: input size of the backbone. filename: PNG name in the run dir.
+        num_images: rows of the grid. img_size: input size of the backbone (None: patch size x grid size of
+            ``pl_module.backbone``). filename: PNG name in the run dir.
     """
 
-    def __init__(self, num_images: int = 8, img_size: int = 28, filename: str = "reconstructions.png") -> None:
+    def __init__(self, num_images: int = 8, img_size: int | None = None,
+                 filename: str = "reconstructions.png") -> None:
         self.num_images, self.img_size, self.filename = num_images, img_size, filename
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # No run folder to write into (logger off, e.g. fast_dev_run) or not an MAE: nothing to draw.
         if not trainer.is_global_zero or not hasattr(pl_module, "reconstruct") or trainer.log_dir is None:
             return
-        data = load_fashion_mnist("test")
-        view = EvalView(self.img_size, mean=MEAN, std=STD)
-        images = torch.stack([view(img)[0] for img in data.images[: self.num_images]]).to(pl_module.device)
+        datamodule = getattr(trainer, "datamodule", None)
+        if not callable(getattr(datamodule, "preview_images", None)):
+            print(f"MAE reconstructions: skipped ({type(datamodule).__name__} has no preview_images)")
+            return
+        preview = datamodule.preview_images(self.num_images, self.img_size or _input_size(pl_module))
         was_training = pl_module.training
         pl_module.eval()
-        rec = pl_module.reconstruct(images)
+        rec = pl_module.reconstruct(preview.normalised().to(pl_module.device))
         pl_module.train(was_training)
-        mean, std = torch.tensor(MEAN).view(1, -1, 1, 1), torch.tensor(STD).view(1, -1, 1, 1)
-        rows = [(t.float().cpu() * std + mean) for t in rec]
+        rows = [preview.to_pixels(t) for t in rec]
         path = save_reconstruction_grid(rows, Path(trainer.log_dir) / self.filename,
                                         ("original", "masked", "reconstruction"))
         print(f"MAE reconstructions: {path}")
+
+
+def _input_size(pl_module: L.LightningModule) -> int:
+    backbone = pl_module.backbone
+    grid = backbone.grid_size
+    return int(backbone.patch_size * (grid[0] if isinstance(grid, (tuple, list)) else grid))
+
+
+__all__ = ["ReconstructionFigure", "save_reconstruction_grid"]

@@ -29,8 +29,8 @@ class NonFiniteLossError(RuntimeError):
 class NonFiniteLossGuard(L.Callback):
     """Stop the run when the training loss is NaN or Inf, before the bad gradient reaches the weights.
 
-    The check costs one device-to-host copy of the scalar loss per step (the progress bar already reads
-    the loss each step, so this adds no new synchronisation point in practice).
+    The check costs one device-to-host copy of the scalar loss per step: a synchronisation point on a GPU
+    (free in practice only while something else, e.g. the progress bar, reads the loss every step anyway).
     """
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:

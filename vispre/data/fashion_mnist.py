@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vispre.errors import VispreError
+
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 SPLIT_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -61,7 +63,7 @@ def find_split_files(split: str, root: str | Path | None = None) -> tuple[Path, 
         FileNotFoundError: naming the missing file, the folders searched and how to get the data.
     """
     if split not in SPLIT_FILES:
-        raise ValueError(f"Fashion-MNIST split must be one of {sorted(SPLIT_FILES)}, got {split!r}")
+        raise VispreError(f"Fashion-MNIST split must be one of {sorted(SPLIT_FILES)}, got {split!r}")
     dirs = candidate_dirs(root)
     found = []
     for stem in SPLIT_FILES[split]:
@@ -77,7 +79,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (optionally gzip-compressed) into a numpy array of its declared shape.
 
     Raises:
-        ValueError: when the header or the payload size is not a valid IDX file.
+        VispreError: when the header or the payload size is not a valid IDX file.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -85,15 +87,15 @@ def read_idx(path: str | Path) -> np.ndarray:
         with opener(path, "rb") as fh:
             data = fh.read()
     except (OSError, EOFError) as err:
-        raise ValueError(f"cannot read IDX file {path}: {err}") from err
+        raise VispreError(f"cannot read IDX file {path}: {err}") from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4].hex()})")
+        raise VispreError(f"{path} is not an IDX file (bad magic number {data[:4].hex()})")
     dtype, ndim = np.dtype(_IDX_DTYPES[data[2]]), data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - offset != expected:
-        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but holds {len(data) - offset}")
+        raise VispreError(f"{path}: header says shape {shape} ({expected} bytes) but holds {len(data) - offset}")
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
 
 
@@ -110,7 +112,7 @@ def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> 
     images_path, labels_path = find_split_files(split, root)
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.shape != (images.shape[0],):
-        raise ValueError(f"Fashion-MNIST {split}: images {images.shape} and labels {labels.shape} do not match")
+        raise VispreError(f"Fashion-MNIST {split}: images {images.shape} and labels {labels.shape} do not match")
     return LabelledImages(torch.from_numpy(images.copy()).unsqueeze(1),
                           torch.from_numpy(labels.astype(np.int64)))
 

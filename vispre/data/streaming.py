@@ -1,86 +1,48 @@
 """Stream webdataset shards (``KEY.jpg|png`` + optional ``KEY.cls``) into ``{"views", "label"}`` batches.
 
-Shards are split across ranks (``shards[rank::world_size]``) and then across DataLoader workers, so in
-the default (non-resampled) mode every sample is read exactly once per epoch; the order of shards in
-each worker and a per-worker sample shuffle buffer change every epoch. In resampled mode every worker
-draws shards with replacement forever and each rank stops after ``epoch_samples / (world_size x
-batch_size)`` batches, so all ranks run the same number of steps (what DDP needs).
+The stream is a ``wds.DataPipeline`` of webdataset's stages with vispre's fast tar reader as one of them:
 
-Bad input never stops a run on its own: a corrupt image, a sample without an image, a bad label or an
-unreadable/truncated shard is skipped and counted (``bad_counts``); the first one is logged with its
-key and URL. The run stops with one error when more than ``max_bad_fraction`` of the samples read were
-bad, or when an epoch read no sample at all.
+    SimpleShardList | split_by_node | split_by_worker | shuffle (shard order)     (or ResampledShards)
+    | tar_member_expander (gopen + vispre's tar reader) | group_by_keys | shuffle (samples) | decode_samples
+
+so in the default (non-resampled) mode every sample is read exactly once per epoch (rank ``r`` of ``W``
+reads ``shards[r::W]``, its worker ``w`` of ``N`` reads ``[w::N]`` of those); the shard order of each worker
+and its sample shuffle buffer change every epoch (seeded by seed, epoch, rank, worker). In resampled mode
+every worker draws shards with replacement (``ResampledShards``) and each rank stops after ``epoch_samples /
+(world_size x batch_size)`` batches, so all ranks run the same number of steps (what DDP needs).
+
+Bad input never stops a run on its own: every stage reports failures to the :class:`BadSampleCounter`'s
+handler (a corrupt image, a sample without an image, a bad label, a duplicate member, an unreadable or
+truncated shard), which skips and counts them; the first one is logged with its key and URL. The loader stops
+the run with one error when more than ``max_bad_fraction`` of the samples read were bad, or when an epoch
+read no sample at all.
 """
 
 from __future__ import annotations
 
-import logging
+import itertools
 import random
 import sys
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_image
-from webdataset.gopen import gopen
+from webdataset.tariterators import group_by_keys
 
-from vispre.data.shards import ShardList, resolve_shards
-from vispre.data.tar_members import iter_tar_members
-from vispre.data.transforms import MAEView, ViewTransform
+from vispre.data.bad_samples import BadSampleCounter, BadSampleLimitError, log
+from vispre.data.preview import PreviewImages, view_normalisation
+from vispre.data.shard_list import resolve_shards, shard_hint
+from vispre.data.stages import decode_samples, tar_member_expander
+from vispre.data.transforms import IMAGENET_MEAN, IMAGENET_STD, MAEView, ViewTransform, resize_center_crop
+from vispre.errors import VispreError
 
-log = logging.getLogger(__name__)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
-_MSG_BYTES = 400
-_SEEN, _BAD, _EPOCH = 0, 1, 2
-
-
-class BadSampleLimitError(RuntimeError):
-    """Too many bad samples (or none readable) in the shard stream."""
-
-
-class BadSampleCounter:
-    """Counts of samples read and skipped, in shared memory (one row per DataLoader worker), plus the
-    first error message of each worker. Safe across fork/spawn workers: each worker writes its own row.
-
-    Args:
-        num_workers: DataLoader workers (0: the main process reads, one row).
-    """
-
-    def __init__(self, num_workers: int) -> None:
-        rows = max(1, num_workers)
-        self.counts = torch.zeros(rows, 3, dtype=torch.int64).share_memory_()  # seen, bad, epoch
-        self.first = torch.zeros(rows, _MSG_BYTES, dtype=torch.uint8).share_memory_()
-
-    def reset(self, epoch: int) -> None:
-        self.counts[:, :2] = 0
-        self.counts[:, _EPOCH] = epoch
-        self.first.zero_()
-
-    def epoch(self, row: int) -> int:
-        return int(self.counts[row, _EPOCH])
-
-    def add(self, row: int, seen: int = 0, bad: int = 0, message: str | None = None) -> None:
-        if seen:
-            self.counts[row, _SEEN] += seen
-        if bad:
-            self.counts[row, _BAD] += bad
-        if message is not None and int(self.first[row, 0]) == 0:
-            data = message.encode()[:_MSG_BYTES]
-            self.first[row, : len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-            log.warning("skipping bad sample (further ones counted, not logged): %s", message)
-
-    def totals(self) -> tuple[int, int]:
-        """(samples read including bad ones, bad ones) over all workers."""
-        seen, bad = self.counts[:, :2].sum(0).tolist()
-        return int(seen), int(bad)
-
-    def first_error(self) -> str:
-        for row in self.first:
-            if int(row[0]):
-                return bytes(row[row > 0].tolist()).decode(errors="replace")
-        return "none"
+GREY = ((0.5,), (0.5,))
 
 
 class ShardStream(IterableDataset):
@@ -90,8 +52,9 @@ class ShardStream(IterableDataset):
         shards: resolved shard URLs. view: view transform. in_chans: decode to 1 (grey) or 3 (RGB).
         with_labels: read ``.cls`` labels (a sample without one is bad). shuffle_shards: reorder shards per
         epoch. shuffle_buffer: per-worker sample buffer (0/1: no shuffle). resampled: draw shards with
-        replacement forever. seed: base seed. rank, world_size: this process's share.
-        counter: shared bad-sample counter.
+        replacement forever. seed: base seed. rank, world_size: this process's share (with world_size > 1
+        webdataset's ``split_by_node`` splits the shards and must see the same rank: it reads
+        torch.distributed, or the RANK / WORLD_SIZE environment variables). counter: bad-sample counter.
 
     Yields:
         ``{"views": list of float [C, H, W], "label": int64 scalar (when with_labels)}``.
@@ -101,119 +64,92 @@ class ShardStream(IterableDataset):
                  shuffle_shards: bool = True, shuffle_buffer: int = 1000, resampled: bool = False, seed: int = 0,
                  rank: int = 0, world_size: int = 1, counter: BadSampleCounter | None = None) -> None:
         if in_chans not in (1, 3):
-            raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
+            raise VispreError(f"in_chans must be 1 or 3, got {in_chans}")
         self.shards, self.view, self.with_labels = list(shards), view, with_labels
         self.mode = ImageReadMode.GRAY if in_chans == 1 else ImageReadMode.RGB
         self.shuffle_shards, self.shuffle_buffer, self.resampled = shuffle_shards, shuffle_buffer, resampled
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.counter = counter or BadSampleCounter(0)
 
-    def worker_shards(self, worker: int, num_workers: int) -> list[str]:
-        """Fixed share of (rank, worker): ``shards[rank::world][worker::num_workers]``."""
-        return self.shards[self.rank::self.world_size][worker::num_workers]
+    def pipeline(self, epoch: int, worker: int, row: int) -> wds.DataPipeline:
+        """The webdataset pipeline of one epoch in one worker (see the module docstring)."""
+        handler = self.counter.handler(row)
+        rng = random.Random(hash((self.seed, epoch, self.rank, worker)))
+        if self.resampled:
+            shard_stages: list[Any] = [wds.ResampledShards(self.shards, seed=hash((self.seed, epoch)),
+                                                           worker_seed=partial(_worker_seed, self.rank, worker),
+                                                           deterministic=True)]
+            give_up = max(20, 2 * len(self.shards))  # resampling only unreadable shards would spin forever
+        else:
+            shard_stages = [wds.SimpleShardList(self.shards)]
+            if self.world_size > 1:
+                shard_stages.append(partial(_split_by_node_checked, rank=self.rank, world_size=self.world_size))
+            shard_stages.append(wds.split_by_worker)
+            if self.shuffle_shards:
+                shard_stages.append(wds.shuffle(len(self.shards), initial=len(self.shards), rng=rng))
+            give_up = None
+        sample_stages: list[Any] = [partial(tar_member_expander, handler=handler, give_up_after=give_up),
+                                    partial(group_by_keys, handler=handler)]
+        if self.shuffle_buffer > 1:
+            sample_stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng))
+        sample_stages.append(partial(decode_samples, decode=self._decode, handler=handler))
+        return wds.DataPipeline(*shard_stages, *sample_stages)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        row = worker if info else 0
-        epoch = self.counter.epoch(row)
-        rng = random.Random(hash((self.seed, epoch, self.rank, worker)))
-        samples = self._raw_samples(self._shard_order(rng, worker, num_workers), row)
+        worker, row = (info.id, info.id) if info else (0, 0)
         good = 0  # good samples are counted in groups: a shared-tensor update per sample costs ~10 us
         try:
-            for raw in _buffer_shuffle(samples, self.shuffle_buffer, rng):
-                item = self._decode(raw, row)
-                if item is not None:
-                    good += 1
-                    if good == 64:
-                        self.counter.add(row, seen=good)
-                        good = 0
-                    yield item
+            for item in self.pipeline(self.counter.epoch(row), worker, row):
+                good += 1
+                if good == 64:
+                    self.counter.add(row, seen=good)
+                    good = 0
+                yield item
         finally:
             # An iterator left suspended until interpreter exit (e.g. num_workers=0 in resampled mode) is closed
             # during finalisation, when touching a torch tensor aborts the process (torch 2.14): skip the count.
             if not sys.is_finalizing():
                 self.counter.add(row, seen=good)
 
-    def _shard_order(self, rng: random.Random, worker: int, num_workers: int) -> Iterator[str]:
-        if self.resampled:
-            while True:
-                yield rng.choice(self.shards)
-        mine = self.worker_shards(worker, num_workers)
-        if self.shuffle_shards:
-            rng.shuffle(mine)
-        yield from mine
-
-    def _raw_samples(self, urls: Iterator[str], row: int) -> Iterator[dict[str, Any]]:
-        empty_in_a_row = 0
-        for url in urls:
-            empty = True
-            for sample in self._read_shard(url, row):
-                empty = False
-                yield sample
-            empty_in_a_row = empty_in_a_row + 1 if empty else 0
-            if self.resampled and empty_in_a_row >= max(20, 2 * len(self.shards)):
-                return  # resampling only unreadable shards would spin forever; the loader reports it
-
-    def _read_shard(self, url: str, row: int) -> Iterator[dict[str, Any]]:
-        """Group tar members by key; a read error ends the shard and counts once."""
-        current: dict[str, Any] | None = None
-        try:
-            with gopen(url, "rb") as stream:
-                for name, data in iter_tar_members(stream):
-                    if "." not in name.rsplit("/", 1)[-1]:
-                        continue
-                    key, ext = _split_name(name)
-                    if current is None or key != current["__key__"]:
-                        if current is not None:
-                            yield current
-                        current = {"__key__": key, "__url__": url}
-                    current[ext.lower()] = data
-        except Exception as err:  # noqa: BLE001 - any unreadable/truncated shard is skipped and counted
-            self.counter.add(row, seen=1, bad=1, message=f"shard {url}: {type(err).__name__}: {err}")
-            current = None  # the sample being read when the shard broke may be incomplete
-        if current is not None:
-            yield current
-
-    def _decode(self, raw: dict[str, Any], row: int) -> dict[str, Any] | None:
-        key, url = raw["__key__"], raw["__url__"]
-        try:
-            data = next((raw[e] for e in IMAGE_EXTS if e in raw), None)
-            if data is None:
-                raise ValueError(f"no image ({'/'.join(IMAGE_EXTS)}) among {sorted(k for k in raw if k[:2] != '__')}")
-            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=self.mode)
-            item: dict[str, Any] = {"views": self.view(image)}
-            if self.with_labels:
-                if "cls" not in raw:
-                    raise ValueError("no .cls label")
-                item["label"] = torch.tensor(int(raw["cls"].decode().strip()), dtype=torch.int64)
-        except Exception as err:  # noqa: BLE001 - a bad sample is skipped and counted
-            self.counter.add(row, seen=1, bad=1, message=f"sample {key!r} in {url}: {type(err).__name__}: {err}")
-            return None
+    def _decode(self, raw: dict[str, Any]) -> dict[str, Any]:
+        data = next((raw[e] for e in IMAGE_EXTS if e in raw), None)
+        if data is None:
+            raise ValueError(f"no image ({'/'.join(IMAGE_EXTS)}) among {sorted(k for k in raw if k[:2] != '__')}")
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=self.mode)
+        item: dict[str, Any] = {"views": self.view(image)}
+        if self.with_labels:
+            if "cls" not in raw:
+                raise ValueError("no .cls label")
+            item["label"] = torch.tensor(int(raw["cls"].decode().strip()), dtype=torch.int64)
         return item
 
 
-def _split_name(name: str) -> tuple[str, str]:
-    """webdataset naming: ``dir/key.ext1.ext2`` -> (``dir/key``, ``ext1.ext2``)."""
-    folder, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext
+def _worker_seed(rank: int, worker: int) -> int:
+    """ResampledShards' per-worker seed (webdataset's ``pytorch_worker_seed`` formula, with the stream's rank)."""
+    return rank * 1000 + worker
 
 
-def _buffer_shuffle(samples: Iterator[dict[str, Any]], size: int, rng: random.Random) -> Iterator[dict[str, Any]]:
-    """Shuffle a stream with a buffer of ``size`` samples (webdataset's shuffle)."""
-    if size <= 1:
-        yield from samples
-        return
-    buffer: list[dict[str, Any]] = []
-    for sample in samples:
-        buffer.append(sample)
-        if len(buffer) >= size:
-            i = rng.randrange(len(buffer))
-            buffer[i], buffer[-1] = buffer[-1], buffer[i]
-            yield buffer.pop()
-    rng.shuffle(buffer)
-    yield from buffer
+def _split_by_node_checked(src: Iterator[dict[str, Any]], rank: int, world_size: int) -> Iterator[dict[str, Any]]:
+    """webdataset's ``split_by_node``, after checking that it sees the rank the epoch length was computed for."""
+    seen_rank, seen_world, _, _ = wds.utils.pytorch_worker_info()
+    if (seen_rank, seen_world) != (rank, world_size):
+        raise RuntimeError(f"the shard stream was set up for rank {rank} of {world_size}, but webdataset's "
+                           f"split_by_node sees rank {seen_rank} of {seen_world} (torch.distributed is not "
+                           "initialised in this process and RANK/WORLD_SIZE are not set)")
+    return wds.split_by_node(src)
+
+
+class _ResizeCropUint8(ViewTransform):
+    """uint8 image -> ``[uint8 [C, S, S]]`` (shorter side to S, centre crop): the preview geometry."""
+
+    def __init__(self, img_size: int) -> None:
+        self.ops = resize_center_crop(img_size)
+
+    def __call__(self, image: torch.Tensor) -> list[torch.Tensor]:
+        for op in self.ops:
+            image = op(image)
+        return [image.as_subclass(torch.Tensor)]
 
 
 class StreamingLoader:
@@ -258,7 +194,7 @@ class StreamingLoader:
                         self.stream.counter.first_error())
         if final and batches == 0 and seen - bad <= 0:
             raise BadSampleLimitError(
-                f"no readable sample in {len(self.stream.shards)} shard(s) ({_shard_hint(self.stream.shards)}); "
+                f"no readable sample in {len(self.stream.shards)} shard(s) ({shard_hint(self.stream.shards)}); "
                 f"first error: {self.stream.counter.first_error()}")
         if (final or seen >= 1000) and bad > self.max_bad_fraction * seen:
             raise BadSampleLimitError(
@@ -266,13 +202,17 @@ class StreamingLoader:
                 f"{100 * self.max_bad_fraction:.2f}%); first: {self.stream.counter.first_error()}")
 
 
-def _shard_hint(shards: list[str]) -> str:
-    return shards[0] if len(shards) == 1 else f"{shards[0]} ... {shards[-1]}"
-
-
 def batches_per_epoch(counts: list[int], rank: int, world_size: int, num_workers: int, batch_size: int,
                       drop_last: bool) -> int:
-    """Exact batches one rank yields in non-resampled mode: each worker batches its own shards' samples."""
+    """Exact batches one rank yields in non-resampled mode: each worker batches its own shards' samples.
+
+    Args:
+        counts: samples per shard (index order). rank, world_size: the rank's share ``[rank::world_size]``.
+        num_workers: DataLoader workers (share ``[worker::num_workers]``). batch_size, drop_last: batching.
+
+    Returns:
+        The number of batches of one epoch on ``rank``.
+    """
     total = 0
     for worker in range(max(1, num_workers)):
         n = sum(counts[rank::world_size][worker::max(1, num_workers)])
@@ -302,14 +242,14 @@ class WebDatasetDataModule(L.LightningDataModule):
                  seed: int = 0) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0:
-            raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+            raise VispreError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
         if not 0.0 <= max_bad_fraction <= 1.0:
-            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+            raise VispreError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
         if resampled and not epoch_samples:
-            raise ValueError("resampled=True needs epoch_samples (samples per epoch over all ranks)")
+            raise VispreError("resampled=True needs epoch_samples (samples per epoch over all ranks)")
         self.urls, self.batch_size, self.num_workers = urls, batch_size, num_workers
-        grey = ((0.5,), (0.5,))
-        self.view = view or (MAEView(224) if in_chans == 3 else MAEView(224, mean=grey[0], std=grey[1]))
+        self.default_normalisation = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else GREY
+        self.view = view or MAEView(224, mean=self.default_normalisation[0], std=self.default_normalisation[1])
         self.in_chans, self.with_labels, self.seed = in_chans, with_labels, seed
         self.shuffle_shards, self.shuffle_buffer, self.resampled = shuffle_shards, shuffle_buffer, resampled
         self.epoch_samples, self.max_bad_fraction, self.drop_last = epoch_samples, max_bad_fraction, drop_last
@@ -326,16 +266,16 @@ class WebDatasetDataModule(L.LightningDataModule):
         rank, world_size = self._rank()
         if self.resampled or self.shards.counts is None:
             if not self.epoch_samples:
-                raise ValueError(f"the shards {_shard_hint(self.shards.urls)} have no index.json with sample "
-                                 "counts: set epoch_samples (samples per epoch over all ranks)")
+                raise VispreError(f"the shards {shard_hint(self.shards.urls)} have no index.json with sample "
+                                  "counts: set epoch_samples (samples per epoch over all ranks)")
             num_batches = self.epoch_samples // (world_size * self.batch_size)
         else:
             num_batches = batches_per_epoch(self.shards.counts, rank, world_size, self.num_workers,
                                             self.batch_size, self.drop_last)
         if num_batches < 1:
-            raise ValueError(f"an epoch has no full batch of {self.batch_size} on rank {rank} of {world_size} "
-                             f"({len(self.shards.urls)} shards, {self.num_workers} workers): use fewer workers, "
-                             "a smaller batch or more shards")
+            raise VispreError(f"an epoch has no full batch of {self.batch_size} on rank {rank} of {world_size} "
+                              f"({len(self.shards.urls)} shards, {self.num_workers} workers): use fewer workers, "
+                              "a smaller batch or more shards")
         stream = ShardStream(self.shards.urls, self.view, self.in_chans, self.with_labels, self.shuffle_shards,
                              self.shuffle_buffer, self.resampled, self.seed, rank, world_size,
                              BadSampleCounter(self.num_workers))
@@ -348,6 +288,23 @@ class WebDatasetDataModule(L.LightningDataModule):
         assert self.loader is not None
         return self.loader
 
+    def preview_images(self, count: int, img_size: int) -> PreviewImages:
+        """The first ``count`` readable samples in shard order, resized and centre-cropped (not augmented).
 
-__all__ = ["BadSampleCounter", "BadSampleLimitError", "ShardList", "ShardStream", "StreamingLoader",
-           "WebDatasetDataModule", "batches_per_epoch", "resolve_shards"]
+        Args:
+            count: number of images. img_size: output side S.
+
+        Returns:
+            PreviewImages(uint8 [count, C, S, S], mean, std of the view).
+        """
+        stream = ShardStream(self.shards.urls, _ResizeCropUint8(img_size), in_chans=self.in_chans,
+                             shuffle_shards=False, shuffle_buffer=0)
+        items = iter(stream)
+        images = [item["views"][0] for item in itertools.islice(items, count)]
+        items.close()
+        if not images:
+            raise VispreError(f"no readable sample in {shard_hint(self.shards.urls)} to preview")
+        return PreviewImages(torch.stack(images), *view_normalisation(self.view, self.default_normalisation))
+
+
+__all__ = ["IMAGE_EXTS", "ShardStream", "StreamingLoader", "WebDatasetDataModule", "batches_per_epoch"]

@@ -6,7 +6,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from vispre.data.datamodule import ViewDataset
+from vispre.data.in_memory import ViewDataset
+from vispre.data.preview import PreviewImages, resize_crop, view_normalisation
 from vispre.data.transforms import ViewTransform
 
 
@@ -37,8 +38,17 @@ class SyntheticDataModule(L.LightningDataModule):
         images = torch.randint(0, 256, (num_samples, in_chans, img_size, img_size), generator=gen,
                                dtype=torch.uint8)
         labels = torch.randint(0, num_classes, (num_samples,), generator=gen) if with_labels else None
-        self.batch_size = batch_size
+        self.batch_size, self.in_chans = batch_size, in_chans
         self.dataset = ViewDataset(images, labels, view or RepeatViews(num_views))
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=True)
+
+    def preview_images(self, count: int, img_size: int) -> PreviewImages:
+        """The first ``count`` images at ``img_size``, with the view's normalisation (RepeatViews: none)."""
+        identity = ((0.0,) * self.in_chans, (1.0,) * self.in_chans)
+        images = resize_crop(self.dataset.images[:count], img_size)
+        return PreviewImages(images, *view_normalisation(self.dataset.transform, identity))
+
+
+__all__ = ["RepeatViews", "SyntheticDataModule"]

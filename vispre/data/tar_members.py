@@ -16,6 +16,8 @@ import lzma
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from vispre.errors import VispreError
+
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _REGULAR = (b"0", b"\0", b"7")  # regular file, old-style regular file, contiguous file
@@ -26,7 +28,7 @@ _COMPRESSED = (  # magic bytes -> reader over a file object
 )
 
 
-class TarFormatError(ValueError):
+class TarFormatError(VispreError):
     """A tar stream that is truncated or whose header is corrupt."""
 
 

@@ -15,6 +15,8 @@ from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from vispre.errors import VispreError
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -132,7 +134,7 @@ def _augmented_view(img_size: int, scale: Sequence[float], hflip: float, photo: 
 def _per_view(value: float | Sequence[float], count: int, name: str) -> list[float]:
     values = [float(value)] * count if isinstance(value, (int, float)) else [float(v) for v in value]
     if len(values) != count:
-        raise ValueError(f"{name} must be one number or {count} numbers (one per view), got {value!r}")
+        raise VispreError(f"{name} must be one number or {count} numbers (one per view), got {value!r}")
     return values
 
 
@@ -189,7 +191,7 @@ class MultiCropViews(ViewTransform):
                  blur_sigma: tuple[float, float] = (0.1, 2.0),
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         if num_local < 0:
-            raise ValueError(f"num_local must be >= 0, got {num_local}")
+            raise VispreError(f"num_local must be >= 0, got {num_local}")
         blurs = _per_view(global_blur_prob, 2, "global_blur_prob")
         solarizes = _per_view(global_solarize_prob, 2, "global_solarize_prob")
         photo = _Photometric((brightness, contrast, saturation, hue), jitter_prob, grey_prob, blur_sigma, mean, std)

@@ -3,7 +3,7 @@
     fashion_mnist   the IDX files (vispre.data.fashion_mnist), 28x28 grey
     image_folder    ``ROOT/train/CLASS/*.png|jpg...`` and ``ROOT/test/CLASS/...`` (or ``ROOT/val/``), read with PIL
     shards          webdataset shards of ``KEY.png|jpg`` + ``KEY.cls`` (vispre shards), any pattern
-                    vispre.data.shards.resolve_shards accepts (brace pattern, glob, folder, remote URL)
+                    vispre.data.resolve_shards accepts (brace pattern, glob, folder, remote URL)
 
 Folder and shard images are resized (shorter side, bicubic) and centre-cropped to the backbone's image size
 and converted to its channel count once, at load time, so the deterministic EvalView only normalises.
@@ -23,9 +23,12 @@ from torchvision.transforms import v2
 from vispre.data.fashion_mnist import MEAN as FMNIST_MEAN
 from vispre.data.fashion_mnist import STD as FMNIST_STD
 from vispre.data.fashion_mnist import LabelledImages, load_fashion_mnist
-from vispre.data.shards import folder_samples, resolve_shards
-from vispre.data.streaming import BadSampleCounter, ShardStream
+from vispre.data.shard_list import resolve_shards
+from vispre.data.shard_writer import folder_samples
+from vispre.data.bad_samples import BadSampleCounter
+from vispre.data.streaming import ShardStream
 from vispre.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ViewTransform, resize_center_crop
+from vispre.errors import VispreError
 
 DATASETS = ("fashion_mnist", "image_folder", "shards")
 TEST_SPLIT_NAMES = ("test", "val")
@@ -78,7 +81,7 @@ def read_image_folder(folder: Path, img_size: int, in_chans: int,
     classes = list(classes) if classes is not None else found
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise ValueError(f"{folder}: class folders {unknown} are not among the train classes {classes}")
+        raise VispreError(f"{folder}: class folders {unknown} are not among the train classes {classes}")
     index = {c: i for i, c in enumerate(classes)}
     view, mode = ResizeCropView(img_size), "L" if in_chans == 1 else "RGB"
     images, labels = [], []
@@ -87,7 +90,7 @@ def read_image_folder(folder: Path, img_size: int, in_chans: int,
             with Image.open(file) as img:
                 images.append(view(img.convert(mode))[0])
         except OSError as err:
-            raise ValueError(f"cannot read image {file}: {err}") from err
+            raise VispreError(f"cannot read image {file}: {err}") from err
         labels.append(index[file.relative_to(folder).parts[0]])
     return LabelledImages(torch.stack(images), torch.tensor(labels, dtype=torch.int64)), classes
 
@@ -105,7 +108,7 @@ def load_image_folder(root: str | Path, img_size: int, in_chans: int) -> tuple[L
 
 
 def read_shards(urls: str | Sequence[str], img_size: int, in_chans: int) -> LabelledImages:
-    """Every sample of the shards, in shard order. Raises ValueError naming the first bad sample (an
+    """Every sample of the shards, in shard order. Raises VispreError naming the first bad sample (an
     evaluation set must be read completely)."""
     shards = resolve_shards(urls if isinstance(urls, str) else list(urls)).urls
     counter = BadSampleCounter(0)
@@ -114,20 +117,20 @@ def read_shards(urls: str | Sequence[str], img_size: int, in_chans: int) -> Labe
     samples = list(stream)
     seen, bad = counter.totals()
     if bad:
-        raise ValueError(f"shards {urls!r}: {bad} of {seen} samples unreadable; first: {counter.first_error()}")
+        raise VispreError(f"shards {urls!r}: {bad} of {seen} samples unreadable; first: {counter.first_error()}")
     if not samples:
-        raise ValueError(f"shards {urls!r} hold no samples")
+        raise VispreError(f"shards {urls!r} hold no samples")
     return LabelledImages(torch.stack([s["views"][0] for s in samples]), torch.stack([s["label"] for s in samples]))
 
 
 def check_source(dataset: str, root: str | None, train_urls: object, test_urls: object) -> None:
-    """Raise ValueError when ``dataset`` is unknown or lacks what it reads from (root / shard patterns)."""
+    """Raise VispreError when ``dataset`` is unknown or lacks what it reads from (root / shard patterns)."""
     if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+        raise VispreError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     if dataset == "image_folder" and root is None:
-        raise ValueError("dataset image_folder needs `root` (a folder with train/ and test/ class folders)")
+        raise VispreError("dataset image_folder needs `root` (a folder with train/ and test/ class folders)")
     if dataset == "shards" and (train_urls is None or test_urls is None):
-        raise ValueError("dataset shards needs `train_urls` and `test_urls` (shard patterns or folders)")
+        raise VispreError("dataset shards needs `train_urls` and `test_urls` (shard patterns or folders)")
 
 
 def load_task_data(dataset: str, img_size: int, in_chans: int, root: str | None = None,
@@ -136,7 +139,7 @@ def load_task_data(dataset: str, img_size: int, in_chans: int, root: str | None 
     """Read a task's train and test images at the backbone's ``img_size`` and ``in_chans``.
 
     Raises:
-        ValueError / FileNotFoundError: unknown dataset, missing data, or images whose channel count does not
+        VispreError / FileNotFoundError: unknown dataset, missing data, or images whose channel count does not
         match the backbone.
     """
     check_source(dataset, root, train_urls, test_urls)
@@ -149,7 +152,7 @@ def load_task_data(dataset: str, img_size: int, in_chans: int, root: str | None 
         train, test = read_shards(train_urls, img_size, in_chans), read_shards(test_urls, img_size, in_chans)
         num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     if train.images.shape[1] != in_chans:
-        raise ValueError(f"{dataset} images have {train.images.shape[1]} channel(s) but the backbone expects "
+        raise VispreError(f"{dataset} images have {train.images.shape[1]} channel(s) but the backbone expects "
                          f"in_chans={in_chans}")
     default_mean, default_std = default_normalisation(dataset, in_chans)
     return TaskData(train, test, num_classes, tuple(mean or default_mean), tuple(std or default_std))

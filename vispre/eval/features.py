@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vispre.data.transforms import EvalView, ViewTransform
+from vispre.errors import VispreError
 
 FEATURE_CHOICES = ("cls", "mean", "cls_mean", "last4", "grid2", "patches")
 
@@ -58,7 +59,7 @@ def _token_features(vit: VisionTransformer, images: Tensor, choices: Sequence[st
         elif choice == "patches":
             out[choice] = torch.cat([cls, layers[-1][0].flatten(1)], dim=1)
         else:
-            raise ValueError(f"unknown feature choice {choice!r}; expected one of {FEATURE_CHOICES}")
+            raise VispreError(f"unknown feature choice {choice!r}; expected one of {FEATURE_CHOICES}")
     return out
 
 

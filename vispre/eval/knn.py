@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vispre.errors import VispreError
+
 
 @torch.inference_mode()
 def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes: int,
@@ -32,9 +34,9 @@ def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes:
         {k: [M] int64 predicted labels}.
     """
     if bank.shape[0] != bank_labels.shape[0]:
-        raise ValueError(f"bank has {bank.shape[0]} features but {bank_labels.shape[0]} labels")
+        raise VispreError(f"bank has {bank.shape[0]} features but {bank_labels.shape[0]} labels")
     if max(ks) > bank.shape[0]:
-        raise ValueError(f"k={max(ks)} exceeds the bank size {bank.shape[0]}")
+        raise VispreError(f"k={max(ks)} exceeds the bank size {bank.shape[0]}")
     bank = F.normalize(bank.float(), dim=1)
     queries = F.normalize(queries.float(), dim=1)
     k_max = max(ks)

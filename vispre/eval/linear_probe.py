@@ -22,7 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vispre.optim.lars import trust_ratio
+
 OPTIMIZERS = ("sgd", "lars")
+LARS_TRUST = 0.001
+"""Trust coefficient of the probe's LARS (MAE protocol); the ratio is :func:`vispre.optim.trust_ratio`."""
 
 
 class ProbeRow(NamedTuple):
@@ -82,14 +86,6 @@ def head_logits(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return (x @ weight.reshape(d, h * c)).view(-1, h, c) + bias
 
 
-def _lars_scale(weight: Tensor, update: Tensor, trust: float) -> Tensor:
-    """Per-head LARS trust ratio trust * ||w_h|| / ||u_h|| (1 where either norm is 0), shaped [1, H, 1]."""
-    w_norm = weight.norm(dim=(0, 2))
-    u_norm = update.norm(dim=(0, 2))
-    ratio = torch.where((w_norm > 0) & (u_norm > 0), trust * w_norm / u_norm.clamp_min(1e-12), torch.ones_like(w_norm))
-    return ratio[None, :, None]
-
-
 def train_linear_heads(features: Mapping[str, Tensor], labels: Tensor, num_classes: int, lrs: Tensor, wds: Tensor,
                        epochs: int = 20, batch_size: int = 1024, momentum: float = 0.9, optimizer: str = "sgd",
                        seed: int = 0, progress: bool = True) -> dict[str, LinearHeads]:
@@ -135,7 +131,7 @@ def train_linear_heads(features: Mapping[str, Tensor], labels: Tensor, num_class
                 _step_grads(x[batch], target, w, biases[k], logits_buf[:size], gw)
                 gw.addcmul_(w, wds[None, :, None])
                 if optimizer == "lars":
-                    gw.mul_(_lars_scale(w, gw, 0.001))
+                    gw.mul_(trust_ratio(w, gw, LARS_TRUST, dim=(0, 2)))  # per head: [1, H, 1]
                 vel_w[k].mul_(momentum).add_(gw)
                 vel_b[k].mul_(momentum).add_(logits_buf[:size].view(size, h, num_classes).sum(0))
                 w.addcmul_(vel_w[k], lr, value=-1.0)

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+import yaml
 from timm.models.vision_transformer import VisionTransformer
 from tqdm.auto import tqdm
 
@@ -17,6 +18,7 @@ from vispre.eval.datasets import check_source, load_task_data, subset
 from vispre.eval.features import FEATURE_CHOICES, cached_features
 from vispre.eval.knn import knn_top1, standardize
 from vispre.eval.linear_probe import OPTIMIZERS, linear_probe_sweep, split_train_val
+from vispre.errors import VispreError
 
 
 KNN_PREPROCESS = ("none", "zscore")
@@ -63,24 +65,24 @@ class EvalTask:
     def __post_init__(self) -> None:
         try:
             check_source(self.dataset, self.root, self.train_urls, self.test_urls)
-        except ValueError as err:
-            raise ValueError(f"task {self.name!r}: {err}") from None
+        except VispreError as err:
+            raise VispreError(f"task {self.name!r}: {err}") from None
         for field in ("limit_train", "limit_test"):
             limit = getattr(self, field)
             if limit is not None and limit < 1:
-                raise ValueError(f"task {self.name!r}: {field} must be a positive number of images, got {limit}")
+                raise VispreError(f"task {self.name!r}: {field} must be a positive number of images, got {limit}")
         bad = set(self.knn_preprocess) - set(KNN_PREPROCESS)
         if bad or not self.knn_preprocess:
-            raise ValueError(f"task {self.name!r}: knn_preprocess must list some of {KNN_PREPROCESS}, "
+            raise VispreError(f"task {self.name!r}: knn_preprocess must list some of {KNN_PREPROCESS}, "
                              f"got {list(self.knn_preprocess)}")
         if self.report_k not in self.ks:
-            raise ValueError(f"task {self.name!r}: report_k {self.report_k} is not among ks {list(self.ks)}")
+            raise VispreError(f"task {self.name!r}: report_k {self.report_k} is not among ks {list(self.ks)}")
         if self.probe_optimizer not in OPTIMIZERS:
-            raise ValueError(f"task {self.name!r}: unknown probe_optimizer {self.probe_optimizer!r}; "
+            raise VispreError(f"task {self.name!r}: unknown probe_optimizer {self.probe_optimizer!r}; "
                              f"expected one of {OPTIMIZERS}")
         unknown = set(self.features) - set(FEATURE_CHOICES)
         if unknown:
-            raise ValueError(f"task {self.name!r}: unknown features {sorted(unknown)}; expected from {FEATURE_CHOICES}")
+            raise VispreError(f"task {self.name!r}: unknown features {sorted(unknown)}; expected from {FEATURE_CHOICES}")
 
 
 def evaluate_task(vit: VisionTransformer, task: EvalTask, cache_dir: str | Path | None = None) -> dict[str, Any]:
@@ -138,3 +140,34 @@ def run_suite(vit: VisionTransformer, tasks: Sequence[EvalTask], backbone_name: 
     """
     torch.manual_seed(0)
     return {"backbone": backbone_name, "tasks": {t.name: evaluate_task(vit, t, cache_dir) for t in tasks}}
+
+
+class SuiteConfig(NamedTuple):
+    """An evaluation suite YAML (``configs/eval/*.yaml``): its tasks and the feature cache folder."""
+
+    tasks: list[EvalTask]
+    cache_dir: str | None
+
+
+def load_tasks(config_path: str | Path) -> SuiteConfig:
+    """Read a suite YAML: ``tasks:`` (a list of :class:`EvalTask` fields) and an optional ``cache_dir:``.
+
+    Raises:
+        FileNotFoundError: no such file. VispreError: unknown top-level keys, a bad task entry, or no tasks.
+    """
+    config_path = Path(config_path)
+    if not config_path.is_file():
+        raise FileNotFoundError(f"evaluation config {config_path} does not exist")
+    config = yaml.safe_load(config_path.read_text()) or {}
+    unknown = set(config) - {"tasks", "cache_dir"}
+    if unknown:
+        raise VispreError(f"{config_path}: unknown keys {sorted(unknown)}; expected 'tasks' and 'cache_dir'")
+    tasks = []
+    for entry in config.get("tasks") or []:
+        try:
+            tasks.append(EvalTask(**entry))
+        except TypeError as err:  # an unknown field name
+            raise VispreError(f"{config_path}: bad task entry {entry}: {err}") from err
+    if not tasks:
+        raise VispreError(f"{config_path} lists no tasks")
+    return SuiteConfig(tasks, config.get("cache_dir"))

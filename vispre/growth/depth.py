@@ -11,13 +11,13 @@ The stochastic-depth schedule is recomputed for L' (timm linspace(0, drop_path_r
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from vispre.growth.maps import GrowthResult, ParamMap, check_vit, load_grown, rebuild_vit
+from vispre.errors import VispreError
+from vispre.growth.maps import GrowthResult, ParamMap, check_vit, load_grown, rebuild_vit, split_block_name
 
 DepthMode = Literal["stack", "interleave", "zero"]
 DEPTH_MODES = ("stack", "interleave", "zero")
@@ -36,7 +36,7 @@ def grow_depth(model: nn.Module, depth: int, mode: DepthMode = "zero") -> Growth
     """A new, deeper ViT built from ``model``'s blocks (``model`` is left untouched).
 
     Args:
-        model: timm VisionTransformer with L blocks.
+        model: timm VisionTransformer with L blocks (any head: a classifier keeps its head and logits).
         depth: L' >= L.
         mode: ``stack`` | ``interleave`` (approximate, G_stack) | ``zero`` (exact).
 
@@ -46,9 +46,9 @@ def grow_depth(model: nn.Module, depth: int, mode: DepthMode = "zero") -> Growth
     vit = check_vit(model, "grow_depth")
     old_depth = len(vit.blocks)
     if mode not in DEPTH_MODES:
-        raise ValueError(f"grow_depth: mode must be one of {DEPTH_MODES}, got {mode!r}")
+        raise VispreError(f"grow_depth: mode must be one of {DEPTH_MODES}, got {mode!r}")
     if depth < old_depth:
-        raise ValueError(f"grow_depth: depth {depth} is smaller than the current depth {old_depth}; use shrink")
+        raise VispreError(f"grow_depth: depth {depth} is smaller than the current depth {old_depth}; use shrink")
     new = rebuild_vit(vit, depth=depth)
     old_params = dict(vit.named_parameters())
     has_gamma = not isinstance(vit.blocks[0].ls1, nn.Identity)
@@ -61,14 +61,14 @@ def grow_depth(model: nn.Module, depth: int, mode: DepthMode = "zero") -> Growth
     maps: dict[str, ParamMap] = {}
     values: dict[str, Tensor] = {}
     for name, _ in new.named_parameters():
-        match = re.match(r"^blocks\.(\d+)\.(.*)$", name)
-        if match is None:
+        index, suffix = split_block_name(name)
+        if index is None:
             maps[name], values[name] = ParamMap(name), old_params[name].detach().clone()
             continue
-        src, primary = block_source[int(match.group(1))]
-        source = f"blocks.{src}.{match.group(2)}"
+        src, primary = block_source[index]
+        source = f"blocks.{src}.{suffix}"
         value = old_params[source].detach().clone()
-        if mode == "zero" and not primary and match.group(2) in zeroed:
+        if mode == "zero" and not primary and suffix in zeroed:
             value = torch.zeros_like(value)
         maps[name], values[name] = ParamMap(source, primary=primary), value
     return load_grown(new, maps, values, vit)

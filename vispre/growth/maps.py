@@ -3,7 +3,8 @@
 Every growth operator returns a :class:`GrowthResult`: the new module plus, for each of its parameters, a
 :class:`ParamMap` saying where its value came from. The same map moves optimizer moments
 (:mod:`vispre.growth.optim_state`), so operators and optimizer-state modes never disagree.
-See shared/reference/growth.md and HyperCloning (Samragh et al. 2024, arXiv 2409.12903).
+The tensor tables and the optimizer-moment rules are in docs/growth.md; HyperCloning (Samragh et al. 2024,
+arXiv 2409.12903).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import Tensor, nn
 
 from vispre.backbones.vit import create_vit, describe_vit
+from vispre.errors import VispreError
 
 
 class ParamMap(NamedTuple):
@@ -85,7 +87,22 @@ def apply_map(pm: ParamMap, source: Tensor, fresh: Tensor, divide: float) -> Ten
 
 
 # -- architecture checks and rebuild ---------------------------------------------------------------------
-_BLOCK_INDEX = re.compile(r"^blocks\.\d+\.")
+_BLOCK_NAME = re.compile(r"^blocks\.(\d+)\.(.*)$")
+
+
+class BlockName(NamedTuple):
+    """A ViT parameter name split at its block: ``blocks.3.attn.qkv.weight`` -> (3, "attn.qkv.weight");
+    a parameter outside the blocks (``pos_embed``, ``head.weight``) -> (None, name)."""
+
+    index: int | None
+    suffix: str
+
+
+def split_block_name(name: str) -> BlockName:
+    """Split a timm ViT parameter name into its block index (None outside ``blocks``) and the rest."""
+    match = _BLOCK_NAME.match(name)
+    return BlockName(None, name) if match is None else BlockName(int(match.group(1)), match.group(2))
+
 KNOWN_SUFFIXES = (
     "cls_token", "reg_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
     "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "attn.qkv.weight", "attn.qkv.bias",
@@ -97,20 +114,20 @@ KNOWN_SUFFIXES = (
 
 
 def check_vit(vit: nn.Module, operator: str) -> VisionTransformer:
-    """Raise a ValueError naming the first feature of ``vit`` the growth operators do not handle."""
+    """Raise a VispreError naming the first feature of ``vit`` the growth operators do not handle."""
     if not isinstance(vit, VisionTransformer):
-        raise ValueError(f"{operator}: expected a timm VisionTransformer, got {type(vit).__name__}")
+        raise VispreError(f"{operator}: expected a timm VisionTransformer, got {type(vit).__name__}")
     for i, block in enumerate(vit.blocks):
         if type(block) is not Block or type(block.attn) is not Attention or type(block.mlp) is not Mlp:
-            raise ValueError(f"{operator}: blocks.{i} is {type(block).__name__}/{type(block.attn).__name__}/"
+            raise VispreError(f"{operator}: blocks.{i} is {type(block).__name__}/{type(block.attn).__name__}/"
                              f"{type(block.mlp).__name__}; only timm Block/Attention/Mlp are supported")
     for name, _ in vit.named_parameters():
-        short = _BLOCK_INDEX.sub("", name)
+        short = split_block_name(name).suffix
         if not short.endswith(KNOWN_SUFFIXES) or short.startswith(("attn_pool", "patch_embed.norm")):
-            raise ValueError(f"{operator}: parameter {name!r} belongs to a ViT feature the growth operators "
+            raise VispreError(f"{operator}: parameter {name!r} belongs to a ViT feature the growth operators "
                              f"do not support (known: {', '.join(KNOWN_SUFFIXES)})")
     if not isinstance(vit.norm_pre, nn.Identity):
-        raise ValueError(f"{operator}: parameter 'norm_pre' (pre_norm=True) is not supported")
+        raise VispreError(f"{operator}: parameter 'norm_pre' (pre_norm=True) is not supported")
     return vit
 
 
@@ -126,11 +143,11 @@ def rebuild_vit(vit: VisionTransformer, **overrides: object) -> VisionTransforme
     """A fresh ViT with ``vit``'s architecture and dropout rates, sizes replaced by ``overrides``.
 
     The drop_path schedule is recomputed for the new depth (timm's linspace(0, rate, depth)). The result has
-    ``vit``'s dtype and device and the head (``num_classes``) of ``vit``.
+    ``vit``'s dtype and device and its classifier (``num_classes``, 0 = headless), so growing a classifier
+    keeps its head.
     """
-    arch = {**describe_vit(vit), **vit_rates(vit), **overrides}
-    if isinstance(vit.head, nn.Linear):
-        arch["num_classes"] = vit.head.out_features
+    num_classes = vit.head.out_features if isinstance(vit.head, nn.Linear) else 0
+    arch = {**describe_vit(vit), **vit_rates(vit), "num_classes": num_classes, **overrides}
     ref = next(vit.parameters())
     return create_vit(**arch).to(device=ref.device, dtype=ref.dtype)
 
@@ -160,9 +177,9 @@ def load_grown(model: nn.Module, maps: dict[str, ParamMap], values: dict[str, Te
 
 
 def integer_factor(new: float, old: float, parameter: str) -> int:
-    """new / old as an integer >= 1, or a ValueError naming ``parameter``."""
+    """new / old as an integer >= 1, or a VispreError naming ``parameter``."""
     factor = new / old
     if factor < 1 or abs(factor - round(factor)) > 1e-9:
-        raise ValueError(f"{parameter}: {new} is not an integer multiple (>= 1x) of the current {old}; "
+        raise VispreError(f"{parameter}: {new} is not an integer multiple (>= 1x) of the current {old}; "
                          f"exact growth needs an integer factor")
     return int(round(factor))

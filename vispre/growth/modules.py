@@ -1,15 +1,15 @@
-"""Growth of whole modules: MaskedViT wrappers, MAE decoders, projection heads, EMA teachers, objectives.
+"""Growth of whole modules: the ViTs inside an objective (student and EMA teachers), MAE decoders, heads.
 
 The backbone operators (:mod:`vispre.growth.depth`, :mod:`vispre.growth.width`) act on a timm
 VisionTransformer; this module applies them to every ViT inside an objective (student and EMA teacher alike)
 and adapts the layers that read the backbone feature: MAE ``decoder_embed`` and the first ``nn.Linear`` of a
 projection head take k copies of the feature, so their weight is tiled along the input and divided by k
-(reference table: "head weight / bias, MAE decoder_embed weight: repeat (1, k) / k; bias unchanged").
+(docs/growth.md, width table: "head weight / bias, MAE decoder_embed weight: repeat (1, k) / k; bias unchanged").
+:func:`regrow_objective` grows a fresh objective to a checkpoint's recorded architecture (resume after growth).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -17,7 +17,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from vispre.backbones.vit import MaskedViT
+from vispre.backbones.vit import describe_vit
+from vispre.errors import VispreError
 from vispre.growth.depth import DepthMode, grow_depth
 from vispre.growth.maps import GrowthResult, ParamMap, apply_map, integer_factor
 from vispre.growth.width import grow_mlp, grow_width, symmetric_noise
@@ -40,13 +41,6 @@ class GrowthSpec(NamedTuple):
     depth_mode: DepthMode = "zero"
     noise_std: float = 0.0
     seed: int = 0
-
-
-def grow_masked_vit(backbone: MaskedViT, operator: VitOperator) -> GrowthResult:
-    """A new MaskedViT whose ``.vit`` is ``operator(backbone.vit)``; maps keyed ``vit.<name>``."""
-    grown = operator(backbone.vit)
-    new = copy.deepcopy(backbone, memo={id(backbone.vit): grown.model})
-    return GrowthResult(new, {f"vit.{k}": v._replace(source=f"vit.{v.source}") for k, v in grown.maps.items()})
 
 
 def widen_input_linear(linear: nn.Linear, in_features: int, noise_std: float = 0.0,
@@ -104,20 +98,81 @@ def grow_objective(module: nn.Module, spec: GrowthSpec) -> list[dict[str, ParamM
         One map per atomic step (width, mlp, depth), each keyed by ``module``'s full parameter names and
         covering every parameter (identity for untouched ones), for the optimizer-state modes.
     """
-    vits = [m for m in module.modules() if isinstance(m, VisionTransformer)]
-    if not vits:
-        raise ValueError(f"grow_objective: {type(module).__name__} holds no timm VisionTransformer")
+    vit = next((m for m in module.modules() if isinstance(m, VisionTransformer)), None)
+    if vit is None:
+        raise VispreError(f"grow_objective: {type(module).__name__} holds no timm VisionTransformer")
     if spec.mlp_ratio is not None and spec.embed_dim is not None:
-        raise ValueError("grow_objective: grow embed_dim (keeps the mlp_ratio) or mlp_ratio, not both at once")
+        raise VispreError("grow_objective: grow embed_dim (keeps the mlp_ratio) or mlp_ratio, not both at once")
+    width = vit.embed_dim  # width is the first step, so the feature linears read this width
     all_maps = []
-    for kind, _ in vit_operators(spec, vits[0]):
-        width = vits[0].embed_dim
+    for kind, operator in vit_operators(spec, vit):
         maps = {name: ParamMap(name) for name, _ in module.named_parameters()}
-        _replace_vits(module, "", dict(vit_operators(spec, vits[0]))[kind], maps)
+        _replace_vits(module, "", operator, maps)
         if kind == "width":
             _widen_feature_linears(module, "", width, spec, maps)
-        all_maps.append({k: v for k, v in maps.items() if k in dict(module.named_parameters())})
+        names = {name for name, _ in module.named_parameters()}
+        all_maps.append({k: v for k, v in maps.items() if k in names})
     return all_maps
+
+
+GROWABLE = ("embed_dim", "num_heads", "mlp_ratio", "depth")
+"""describe_vit fields that growth changes; every other field must match for :func:`growth_steps`."""
+
+
+def growth_steps(current: dict[str, object], target: dict[str, object]) -> list[GrowthSpec] | None:
+    """The growth events that turn architecture ``current`` into ``target`` (both :func:`describe_vit`
+    dicts), or None when ``target`` is not a growth of ``current``.
+
+    A growth keeps every non-size field, multiplies the width by an integer k (heads k-fold, head_dim kept),
+    multiplies the MLP hidden width by an integer and never removes blocks.
+
+    Returns:
+        [] for the same architecture; else one or two GrowthSpecs (width + depth, then MLP ratio).
+    """
+    fixed = (set(current) | set(target)) - set(GROWABLE) - {"model_name"}
+    if any(current.get(k) != target.get(k) for k in fixed):
+        return None
+    dim, new_dim = int(current["embed_dim"]), int(target["embed_dim"])
+    depth, new_depth = int(current["depth"]), int(target["depth"])
+    k = new_dim // dim
+    if new_dim % dim or new_depth < depth or int(target["num_heads"]) != int(current["num_heads"]) * k:
+        return None
+    ratio, new_ratio = float(current["mlp_ratio"]), float(target["mlp_ratio"])
+    hidden, new_hidden = int(new_dim * ratio), int(new_dim * new_ratio)
+    if new_hidden < hidden or new_hidden % hidden:
+        return None
+    steps = []
+    if (new_dim, new_depth) != (dim, depth):
+        steps.append(GrowthSpec(depth=new_depth, embed_dim=new_dim))
+    if new_hidden != hidden:
+        steps.append(GrowthSpec(mlp_ratio=new_ratio))
+    return steps
+
+
+def regrow_objective(module: nn.Module, target: dict[str, object]) -> bool:
+    """Grow ``module`` (an objective with ``module.backbone.vit``) IN PLACE to architecture ``target``.
+
+    Used when a post-growth checkpoint is loaded into a module built from the run's config: the weights
+    are overwritten by the checkpoint afterwards, so the operators only need to produce the right shapes
+    (and keep frozen parameters frozen), including the heads that read the backbone feature.
+
+    Args:
+        module: the objective.
+        target: the checkpoint's :func:`describe_vit` dict.
+
+    Returns:
+        True if the module grew, False if it already had the architecture.
+
+    Raises:
+        VispreError: ``target`` is not a growth of the module's backbone.
+    """
+    current = describe_vit(module.backbone.vit)
+    steps = growth_steps(current, target)
+    if steps is None:
+        raise VispreError(f"checkpoint backbone {target} is not a growth of the model's backbone {current}")
+    for spec in steps:
+        grow_objective(module, spec)
+    return bool(steps)
 
 
 def _replace_vits(module: nn.Module, prefix: str, operator: VitOperator, maps: dict[str, ParamMap]) -> None:

@@ -1,4 +1,5 @@
-"""AdamW state and schedule across growth: ``reset``, ``transfer`` and ``exact`` (shared/reference/growth.md).
+"""AdamW state and schedule across growth: ``reset``, ``transfer`` and ``exact`` (docs/growth.md, "Optimizer
+state").
 
 - reset: fresh AdamW, lr re-warmed from ~0 over ``rewarm_steps`` back onto the global schedule (G_stack code).
 - transfer: old moments copied into the old coordinates (leading slice; extra depth copies get zeros),
@@ -10,18 +11,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from vispre.errors import VispreError
 from vispre.growth.maps import ParamMap, pad_into, tile
-from vispre.objectives.optim import AdamWRecipe, OptimizerBundle, param_groups, warmup_cosine
+from vispre.optim import OptimizerBundle, OptimizerRecipe, lr_multiplier
 
 OptimizerMode = Literal["reset", "transfer", "exact"]
 OPTIMIZER_MODES = ("reset", "transfer", "exact")
 Scales = dict[str, tuple[float, float]]
+"""Parameter name -> exact-mode (a, b), multiplied over successive growths."""
 
 
 def named_adam_state(optimizer: torch.optim.Optimizer, module: nn.Module) -> dict[str, dict[str, Tensor]]:
@@ -44,7 +48,7 @@ def map_adam_state(state: dict[str, dict[str, Tensor]], maps: dict[str, ParamMap
         New name -> state. Parameters without a source state get zero moments and the common step.
     """
     if mode not in OPTIMIZER_MODES:
-        raise ValueError(f"optimizer_mode must be one of {OPTIMIZER_MODES}, got {mode!r}")
+        raise VispreError(f"optimizer_mode must be one of {OPTIMIZER_MODES}, got {mode!r}")
     if mode == "reset" or not state:
         return {}
     first = next(iter(state.values()))
@@ -78,7 +82,8 @@ def map_scales(scales: Scales, maps: dict[str, ParamMap]) -> Scales:
 class GrowthSchedule:
     """lr multiplier after a growth at global step ``offset``: the global warmup + cosine, optionally
     re-warmed linearly over ``rewarm_steps``. Called with the scheduler's step count since the growth.
-    A plain object (not a lambda) so LambdaLR saves and restores its fields with the checkpoint."""
+    A plain record of numbers, saved with the growth callback's state and handed to the recipe's
+    :meth:`~vispre.optim.OptimizerRecipe.build` as its step offset and re-warmup."""
 
     offset: int
     warmup_steps: int
@@ -87,34 +92,30 @@ class GrowthSchedule:
     rewarm_steps: int = 0
 
     def __call__(self, step: int) -> float:
-        factor = warmup_cosine(step + self.offset, self.warmup_steps, self.total_steps, self.min_lr_ratio)
-        if self.rewarm_steps > 0:
-            factor *= min(1.0, (step + 1) / self.rewarm_steps)
-        return factor
+        return lr_multiplier(step, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
+                             min_lr_ratio=self.min_lr_ratio, step_offset=self.offset,
+                             rewarm_steps=self.rewarm_steps)
 
 
-def build_grown_optimizer(module: nn.Module, recipe: AdamWRecipe, effective_batch_size: int,
-                          schedule: GrowthSchedule, scales: Scales | None = None,
-                          eps: float = 1e-8) -> OptimizerBundle:
-    """AdamW + LambdaLR for a grown module: the recipe's groups, split by exact-mode (a, b) scales.
+def build_grown_optimizer(module: nn.Module, recipe: OptimizerRecipe, effective_batch_size: int,
+                          schedule: GrowthSchedule, scales: Scales | None = None) -> OptimizerBundle:
+    """The recipe's optimizer and per-step scheduler for a grown module, continuing the global schedule.
 
-    Each group gets lr = peak / a, eps = eps / b, weight_decay = a * wd (wd only in the decayed group).
+    Args:
+        module: the grown module.
+        recipe: the objective's optimizer recipe (exact-mode ``scales`` need an AdamWRecipe).
+        effective_batch_size: samples per optimizer step (scales the lr as at the start of the run).
+        schedule: where the run stands: growth step, warmup and total steps, min lr, re-warmup.
+        scales: exact-mode (a, b) per parameter name: the group gets lr = peak / a, eps = eps / b,
+            weight_decay = a * wd (wd only in the decayed group).
+
+    Returns:
+        OptimizerBundle whose scheduler's step 0 is global step ``schedule.offset``.
     """
-    peak = recipe.peak_lr(effective_batch_size)
-    groups = []
-    for group in param_groups(module, recipe.weight_decay):
-        split: dict[tuple[float, float], dict] = {}
-        for param, name in zip(group["params"], group["names"]):
-            a, b = (scales or {}).get(name, (1.0, 1.0))
-            g = split.setdefault((a, b), dict(params=[], names=[], lr=peak / a, eps=eps / b,
-                                              weight_decay=group["weight_decay"] * a))
-            g["params"].append(param)
-            g["names"].append(name)
-        groups.extend(split.values())
-    on_gpu = all(p.is_cuda for g in groups for p in g["params"])
-    optimizer = torch.optim.AdamW(groups, lr=peak, betas=recipe.betas, fused=recipe.fused and on_gpu)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    return OptimizerBundle(optimizer, scheduler, peak, schedule.warmup_steps)
+    if recipe.min_lr_ratio != schedule.min_lr_ratio:  # the schedule recorded at growth time wins on resume
+        recipe = dataclasses.replace(recipe, min_lr_ratio=schedule.min_lr_ratio)
+    return recipe.build(module, effective_batch_size, schedule.total_steps, warmup_steps=schedule.warmup_steps,
+                        step_offset=schedule.offset, rewarm_steps=schedule.rewarm_steps, scales=scales)
 
 
 def load_named_state(optimizer: torch.optim.Optimizer, module: nn.Module, state: dict[str, dict[str, Tensor]]) -> None:

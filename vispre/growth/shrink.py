@@ -1,7 +1,7 @@
 """Shrink a pre-LN timm ViT by weight subcloning (Samragh et al. 2023, "Weight subcloning: direct initialization
 of transformers using larger pretrained ones", arXiv 2312.09299).
 
-Recipe (shared/reference/growth.md, "Shrinking"): on a calibration batch, rank the residual-stream dims by mean
+Recipe (docs/growth.md, "Shrinking"): on a calibration batch, rank the residual-stream dims by mean
 activation magnitude and keep ONE index set for the residual stream everywhere (patch embedding, tokens, every
 LayerNorm, every matrix reading or writing the stream); keep whole attention heads (head_dim unchanged) and
 MLP hidden units by mean activation magnitude; drop the blocks whose residual update is smallest relative to
@@ -12,7 +12,6 @@ the output is returned (``ShrinkResult.output_change``).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -21,7 +20,8 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from vispre.growth.maps import ParamMap, check_vit, load_grown, rebuild_vit
+from vispre.errors import VispreError
+from vispre.growth.maps import ParamMap, check_vit, load_grown, rebuild_vit, split_block_name
 
 
 class ShrinkPlan(NamedTuple):
@@ -76,7 +76,8 @@ def shrink(model: nn.Module, depth: int, embed_dim: int, calibration_batch: Tens
     """A new, smaller ViT subcloned from ``model`` (``model`` is left untouched).
 
     Args:
-        model: timm VisionTransformer with L blocks, width D, H heads of head_dim h, MLP hidden M.
+        model: timm VisionTransformer with L blocks, width D, H heads of head_dim h, MLP hidden M (a
+            classifier keeps its head: the head reads the kept dims).
         depth: L' in [1, L].
         embed_dim: d in [h, D], a multiple of head_dim h (whole heads are kept: H' = d / h).
         calibration_batch: [B, C, H, W] images of the model's input size (a few dozen are enough).
@@ -152,10 +153,8 @@ def subclone(vit: VisionTransformer, plan: ShrinkPlan) -> VisionTransformer:
     old = dict(vit.named_parameters())
     maps, values = {}, {}
     for name, _ in new.named_parameters():
-        match = re.match(r"^blocks\.(\d+)\.(.*)$", name)
-        j = int(match.group(1)) if match else None
-        suffix = match.group(2) if match else name
-        source = f"blocks.{plan.blocks[j]}.{suffix}" if match else name
+        j, suffix = split_block_name(name)
+        source = name if j is None else f"blocks.{plan.blocks[j]}.{suffix}"
         attn = None if j is None else (plan.heads[j][:, None] * head_dim + torch.arange(head_dim)).flatten()
         index = {"dims": plan.dims, "attn": attn, "units": None if j is None else plan.units[j]}
         value = old[source].detach()
@@ -175,17 +174,17 @@ def _check_targets(vit: VisionTransformer, depth: int, embed_dim: int, batch: Te
     attn = vit.blocks[0].attn
     width, head_dim = vit.embed_dim, attn.head_dim
     if attn.num_heads * head_dim != width:
-        raise ValueError(f"shrink: attention width {attn.num_heads}x{head_dim} differs from embed_dim {width} "
+        raise VispreError(f"shrink: attention width {attn.num_heads}x{head_dim} differs from embed_dim {width} "
                          "(a grow_heads model); only standard timm attention can be shrunk")
     if not 1 <= depth <= len(vit.blocks):
-        raise ValueError(f"shrink: depth must lie in [1, {len(vit.blocks)}] (the current depth), got {depth}; "
+        raise VispreError(f"shrink: depth must lie in [1, {len(vit.blocks)}] (the current depth), got {depth}; "
                          "use grow_depth to add blocks")
     if not head_dim <= embed_dim <= width or embed_dim % head_dim:
-        raise ValueError(f"shrink: embed_dim must be a multiple of head_dim {head_dim} in [{head_dim}, {width}] "
+        raise VispreError(f"shrink: embed_dim must be a multiple of head_dim {head_dim} in [{head_dim}, {width}] "
                          f"(whole heads are kept), got {embed_dim}")
     chans, size = vit.patch_embed.proj.in_channels, tuple(vit.patch_embed.img_size)
     if batch.ndim != 4 or batch.shape[1] != chans or tuple(batch.shape[2:]) != size:
-        raise ValueError(f"shrink: calibration_batch must be [B, {chans}, {size[0]}, {size[1]}] images, "
+        raise VispreError(f"shrink: calibration_batch must be [B, {chans}, {size[0]}, {size[1]}] images, "
                          f"got shape {tuple(batch.shape)}")
     return head_dim, width
 

@@ -4,26 +4,25 @@ Width: HyperCloning-style tiling (Samragh et al. 2024, arXiv 2409.12903; bert2BE
 the residual stream becomes k copies of the small one, heads grow H -> kH with head_dim kept, and every
 matrix whose input is tiled is divided by k. A tiled vector keeps its mean and variance, so LayerNorm stays
 exact. Optional symmetric noise (+eta / -eta on alternating input blocks, zero-sum over the k blocks) cancels
-in the forward pass and breaks the copies' symmetry in the backward pass. Tensor table: shared/reference/growth.md.
+in the forward pass and breaks the copies' symmetry in the backward pass. Tensor table: docs/growth.md.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 import torch
 from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import Tensor, nn
 
+from vispre.errors import VispreError
 from vispre.growth.maps import (GrowthResult, ParamMap, apply_map, check_vit, integer_factor, load_grown,
-                                rebuild_vit)
-
+                                rebuild_vit, split_block_name)
 
 
 def width_map(name: str, k: int) -> ParamMap:
     """The tiling map of parameter ``name`` when the residual stream grows k-fold (MLP ratio kept)."""
-    short = re.sub(r"^blocks\.\d+\.", "", name)
+    short = split_block_name(name).suffix
     if short in ("cls_token", "reg_token", "pos_embed"):
         return ParamMap(name, (1, 1, k), b=k)
     if short == "patch_embed.proj.weight":
@@ -40,7 +39,7 @@ def width_map(name: str, k: int) -> ParamMap:
         return ParamMap(name, (1, k), a=k)
     if short.endswith((".bias", ".weight", "gamma")):  # LayerNorms, LayerScale, remaining biases
         return ParamMap(name, (k,), b=k)
-    raise ValueError(f"grow_width: no tiling rule for parameter {name!r}")
+    raise VispreError(f"grow_width: no tiling rule for parameter {name!r}")
 
 
 def symmetric_noise(shape: torch.Size, k: int, std: float, generator: torch.Generator | None,
@@ -57,8 +56,8 @@ def grow_width(model: nn.Module, embed_dim: int, noise_std: float = 0.0,
     """A new ViT of width ``embed_dim`` = k * D computing the same function as ``model``.
 
     Args:
-        model: timm VisionTransformer of width D and H heads.
-        embed_dim: k * D, k a positive integer (else ValueError naming embed_dim).
+        model: timm VisionTransformer of width D and H heads (a classifier keeps its head and its logits).
+        embed_dim: k * D, k a positive integer (else VispreError naming embed_dim).
         noise_std: std of the symmetric noise added to every matrix whose input is tiled (qkv, proj, fc1,
             fc2, head); 0 = noise-free (copies then stay tied under deterministic training).
         generator: RNG for the noise.
@@ -101,10 +100,10 @@ def grow_mlp(model: nn.Module, mlp_ratio: float, mode: Literal["tile", "random"]
         k = integer_factor(new_hidden, hidden, "mlp_ratio")
     elif mode == "random":
         if new_hidden < hidden:
-            raise ValueError(f"grow_mlp: mlp_ratio {mlp_ratio} gives {new_hidden} hidden units < current {hidden}")
+            raise VispreError(f"grow_mlp: mlp_ratio {mlp_ratio} gives {new_hidden} hidden units < current {hidden}")
         k = 1
     else:
-        raise ValueError(f"grow_mlp: mode must be 'tile' or 'random', got {mode!r}")
+        raise VispreError(f"grow_mlp: mode must be 'tile' or 'random', got {mode!r}")
     new = rebuild_vit(vit, mlp_ratio=mlp_ratio)
     rules = {"mlp.fc1.weight": ParamMap("", (k, 1), b=k), "mlp.fc1.bias": ParamMap("", (k,), b=k),
              "mlp.fc2.weight": ParamMap("", (1, k), a=k)}
@@ -126,7 +125,7 @@ def grow_heads(model: nn.Module, num_heads: int) -> GrowthResult:
     attn0 = vit.blocks[0].attn
     k = integer_factor(num_heads, attn0.num_heads, "num_heads")
     if not isinstance(attn0.q_norm, nn.Identity):
-        raise ValueError("grow_heads: parameter 'attn.q_norm' (qk_norm=True) is not supported")
+        raise VispreError("grow_heads: parameter 'attn.q_norm' (qk_norm=True) is not supported")
     new = rebuild_vit(vit)
     for block, old_block in zip(new.blocks, vit.blocks):
         old_attn = old_block.attn
@@ -145,7 +144,7 @@ def _map_params(vit: VisionTransformer, new: VisionTransformer, rules: dict[str,
     old = dict(vit.named_parameters())
     maps, values = {}, {}
     for name, fresh in new.named_parameters():
-        rule = rules.get(re.sub(r"^blocks\.\d+\.", "", name))
+        rule = rules.get(split_block_name(name).suffix)
         pm = ParamMap(name) if rule is None else rule._replace(source=name)
         if pad and rule is not None:
             pm = ParamMap(name, pad=True)

@@ -11,6 +11,8 @@ from torch import Tensor, nn
 
 from vispre.backbones.masking import TokenMask
 from vispre.backbones.pos_embed import sincos_pos_embed_2d
+from vispre.backbones.vit import forward_blocks
+from vispre.errors import VispreError
 
 
 class MAEDecoder(nn.Module):
@@ -29,7 +31,7 @@ class MAEDecoder(nn.Module):
                  mlp_ratio: float = 4.0) -> None:
         super().__init__()
         if decoder_dim % num_heads:
-            raise ValueError(f"decoder_dim {decoder_dim} is not divisible by decoder_num_heads {num_heads}")
+            raise VispreError(f"decoder_dim {decoder_dim} is not divisible by decoder_num_heads {num_heads}")
         self.num_prefix_tokens = num_prefix_tokens
         self.decoder_embed = nn.Linear(encoder_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
@@ -41,6 +43,11 @@ class MAEDecoder(nn.Module):
         self.pred = nn.Linear(decoder_dim, patch_pixels)
         self.apply(_init_linear)
         nn.init.normal_(self.mask_token, std=0.02)
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the decoder blocks' activations in backward (timm's switch, used by SpeedSwitchboard)."""
+        self.grad_checkpointing = enable
 
     def forward(self, tokens: Tensor, mask: TokenMask) -> Tensor:
         """Predict the pixels of every patch.
@@ -59,7 +66,7 @@ class MAEDecoder(nn.Module):
         x = torch.cat([kept, fill], dim=1)
         x = torch.gather(x, 1, mask.ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # unshuffle
         x = torch.cat([prefix, x], dim=1) + self.pos_embed
-        x = self.norm(self.blocks(x))
+        x = self.norm(forward_blocks(self.blocks, x, checkpointing=self.grad_checkpointing))
         return self.pred(x[:, self.num_prefix_tokens:])
 
 

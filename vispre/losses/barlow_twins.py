@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from vispre.errors import VispreError
 from vispre.losses.gather import gather_with_grad
 
 
@@ -23,11 +24,11 @@ def batch_standardize(z: Tensor, eps: float = 1e-5) -> Tensor:
 def cross_correlation(z1: Tensor, z2: Tensor, gather: bool = True) -> Tensor:
     """Cross-correlation of batch-standardised embeddings: [N, D] x [N, D] -> [D, D] (over W*N under DDP)."""
     if z1.ndim != 2 or z1.shape != z2.shape:
-        raise ValueError(f"expected two [N, D] embeddings of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise VispreError(f"expected two [N, D] embeddings of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
     if gather:
         z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
     if z1.shape[0] < 2:
-        raise ValueError(f"Barlow Twins needs a batch of at least 2 samples to standardise, got {z1.shape[0]}")
+        raise VispreError(f"Barlow Twins needs a batch of at least 2 samples to standardise, got {z1.shape[0]}")
     return batch_standardize(z1).T @ batch_standardize(z2) / z1.shape[0]
 
 
@@ -50,14 +51,21 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3, gather: bool 
 
 
 class BarlowTwinsLoss(nn.Module):
-    """Module wrapper of :func:`barlow_twins_loss`."""
+    """Barlow Twins' loss for an objective: :func:`barlow_twins_loss` with its hyper-parameters.
+
+    Args:
+        lambd: off-diagonal weight (paper 5e-3). gather: cross-correlation over the global batch under DDP.
+
+    Call: ``loss(z1, z2)`` with the [N, D] projections of two views -> ``{"loss", "barlow_twins"}``.
+    """
 
     def __init__(self, lambd: float = 5e-3, gather: bool = True) -> None:
         super().__init__()
         self.lambd, self.gather = lambd, gather
 
-    def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
-        return barlow_twins_loss(z1, z2, self.lambd, self.gather)
+    def forward(self, z1: Tensor, z2: Tensor) -> dict[str, Tensor]:
+        loss = barlow_twins_loss(z1, z2, self.lambd, self.gather)
+        return {"loss": loss, "barlow_twins": loss}
 
 
 __all__ = ["BarlowTwinsLoss", "barlow_twins_loss", "batch_standardize", "cross_correlation"]

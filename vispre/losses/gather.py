@@ -4,7 +4,7 @@
 samples are lost. :func:`gather_with_grad` sends each rank's gradient w.r.t. every gathered slice back to
 the slice's owner and sums it there (all_reduce SUM, then take the local slice). With DDP's gradient
 averaging over ranks this gives exactly the gradient of the mean of the per-rank losses (tested against
-one process over the concatenated batch in tests/test_gather_ddp.py). Common bugs this avoids: a gather
+one process over the concatenated batch in tests/losses/test_gather.py). Common bugs this avoids: a gather
 without backward (remote negatives give no gradient) and an extra 1/world_size in the backward.
 """
 

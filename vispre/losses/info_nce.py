@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vispre.errors import VispreError
 from vispre.losses.gather import gather_with_grad, world_rank
 
 
@@ -38,7 +39,7 @@ class ContrastivePairs(NamedTuple):
 
 def _check_views(a: Tensor, b: Tensor) -> None:
     if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"expected two [N, D] embeddings of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise VispreError(f"expected two [N, D] embeddings of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
 
 
 def simclr_pairs(z1: Tensor, z2: Tensor, gather: bool = True) -> ContrastivePairs:
@@ -91,7 +92,7 @@ def pair_logits(pairs: ContrastivePairs, temperature: float | Tensor) -> Tensor:
 def contrastive_loss(pairs: ContrastivePairs, temperature: float) -> Tensor:
     """Mean over anchors of -log softmax(sim / T)[positive] (excluded keys left out)."""
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise VispreError(f"temperature must be > 0, got {temperature}")
     return F.cross_entropy(pair_logits(pairs, temperature), pairs.positive_index)
 
 
@@ -119,26 +120,53 @@ def info_nce_loss(q: Tensor, k: Tensor, temperature: float = 0.2, gather: bool =
     return contrastive_loss(moco_pairs(q, k, gather), temperature)
 
 
+def _check_temperature(owner: str, temperature: float) -> None:
+    if temperature <= 0:
+        raise VispreError(f"{owner}.temperature must be > 0, got {temperature}")
+
+
 class NTXentLoss(nn.Module):
-    """Module wrapper of :func:`nt_xent_loss`."""
+    """SimCLR's loss for an objective: :func:`nt_xent_loss` with its hyper-parameters.
+
+    Args:
+        temperature: T (SimCLR 0.1-0.5). gather: negatives from every rank under DDP.
+
+    Call: ``loss(z1, z2)`` with the [N, D] projections of two views -> ``{"loss", "nt_xent"}`` (the same
+    scalar under both keys; every entry is logged).
+    """
 
     def __init__(self, temperature: float = 0.1, gather: bool = True) -> None:
         super().__init__()
+        _check_temperature("NTXentLoss", temperature)
         self.temperature, self.gather = temperature, gather
 
-    def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
-        return nt_xent_loss(z1, z2, self.temperature, self.gather)
+    def forward(self, z1: Tensor, z2: Tensor) -> dict[str, Tensor]:
+        loss = nt_xent_loss(z1, z2, self.temperature, self.gather)
+        return {"loss": loss, "nt_xent": loss}
 
 
 class InfoNCELoss(nn.Module):
-    """Module wrapper of :func:`info_nce_loss`."""
+    """MoCo v3's symmetrised loss (Alg. 1): ctr(q1, k2) + ctr(q2, k1), each :func:`info_nce_loss` x 2T.
+
+    Args:
+        temperature: T (MoCo v3 0.2). gather: keys from every rank under DDP.
+
+    Call: ``loss(q1, q2, k1, k2)`` with the [N, D] queries (predictor outputs) and keys (momentum branch) of
+    views 1 and 2 -> ``{"loss", "info_nce"}``.
+    """
 
     def __init__(self, temperature: float = 0.2, gather: bool = True) -> None:
         super().__init__()
+        _check_temperature("InfoNCELoss", temperature)
         self.temperature, self.gather = temperature, gather
 
-    def forward(self, q: Tensor, k: Tensor) -> Tensor:
-        return info_nce_loss(q, k, self.temperature, self.gather)
+    def direction(self, q: Tensor, k: Tensor) -> Tensor:
+        """One direction: InfoNCE of queries ``q`` against keys ``k``, scaled by 2T."""
+        return info_nce_loss(q, k, self.temperature, self.gather) * (2 * self.temperature)
+
+    def forward(self, q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor) -> dict[str, Tensor]:
+        loss = self.direction(q1, k2) + self.direction(q2, k1)
+        return {"loss": loss, "info_nce": loss}
 
 
 __all__ = ["ContrastivePairs", "InfoNCELoss", "NTXentLoss", "contrastive_loss", "info_nce_loss", "moco_pairs",

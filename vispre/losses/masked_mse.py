@@ -2,22 +2,54 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from typing import NamedTuple
+
+from torch import Tensor
+
+from vispre.errors import VispreError
 
 
-def normalize_patches(target: Tensor, eps: float = 1e-6) -> Tensor:
-    """Standardise each patch by the mean and (unbiased) variance of its own pixels.
+class PatchStats(NamedTuple):
+    """Per-patch mean and std of the pixels, each [B, L, 1]."""
+
+    mean: Tensor
+    std: Tensor
+
+
+def patch_stats(target: Tensor, eps: float = 1e-6) -> PatchStats:
+    """Mean and sqrt(unbiased variance + eps) of each patch's own pixels (the ``norm_pix_loss`` statistics).
 
     Args:
         target: [B, L, K] patch pixels.
         eps: added to the variance.
 
     Returns:
-        [B, L, K] (target - mean) / sqrt(var + eps), as ``norm_pix_loss`` in the MAE code.
+        PatchStats(mean [B, L, 1], std [B, L, 1]).
     """
     mean = target.mean(dim=-1, keepdim=True)
     var = target.var(dim=-1, keepdim=True)
-    return (target - mean) / (var + eps) ** 0.5
+    return PatchStats(mean, (var + eps) ** 0.5)
+
+
+def normalize_patches(target: Tensor, eps: float = 1e-6) -> Tensor:
+    """Standardise each [B, L, K] patch by its own :func:`patch_stats`: (target - mean) / sqrt(var + eps), as
+    ``norm_pix_loss`` in the MAE code."""
+    stats = patch_stats(target, eps)
+    return (target - stats.mean) / stats.std
+
+
+def denormalize_patches(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """Inverse of :func:`normalize_patches` with the statistics of the true patches (MAE visualisation).
+
+    Args:
+        pred: [B, L, K] predictions in normalised units. target: [B, L, K] true patch pixels.
+        eps: as in :func:`normalize_patches`.
+
+    Returns:
+        [B, L, K] pred * std + mean of each true patch.
+    """
+    stats = patch_stats(target, eps)
+    return pred * stats.std + stats.mean
 
 
 def masked_mse_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True) -> Tensor:
@@ -33,7 +65,7 @@ def masked_mse_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool =
         Scalar loss.
     """
     if pred.shape != target.shape:
-        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        raise VispreError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     if norm_pix:
         target = normalize_patches(target)
     per_patch = (pred - target).pow(2).mean(dim=-1)
@@ -43,12 +75,4 @@ def masked_mse_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool =
     return (per_patch * mask).sum() / mask.sum()
 
 
-class MaskedMSELoss(nn.Module):
-    """Module wrapper of :func:`masked_mse_loss`."""
-
-    def __init__(self, norm_pix: bool = True) -> None:
-        super().__init__()
-        self.norm_pix = norm_pix
-
-    def forward(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-        return masked_mse_loss(pred, target, mask, norm_pix=self.norm_pix)
+__all__ = ["PatchStats", "denormalize_patches", "masked_mse_loss", "normalize_patches", "patch_stats"]

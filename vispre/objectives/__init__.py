@@ -1,25 +1,31 @@
-"""Pretraining objectives (LightningModules) and their explicit registry."""
+"""Pretraining objectives (LightningModules composing a backbone, heads, a loss and an optimizer recipe)
+and their explicit registry."""
 
-from vispre.objectives.amcl import AMCLBarlowTwins, AMCLMoCoV3, AMCLSimCLR
+from collections.abc import Callable
+
+from vispre.objectives.amcl import amcl_barlow_twins, amcl_moco_v3, amcl_simclr
 from vispre.objectives.barlow_twins import BarlowTwins
-from vispre.objectives.base import Batch, PretrainObjective
-from vispre.objectives.mae import MAE
-from vispre.objectives.moco_v3 import MoCoV3
-from vispre.objectives.multi_objective import MultiObjective
-from vispre.objectives.optim import AdamWRecipe
+from vispre.objectives.base import Batch, LossFactory, PretrainObjective, build_loss, two_views
+from vispre.objectives.joint_embedding import JointEmbedding
+from vispre.objectives.mae import MAE, MAEOutput, Reconstruction
+from vispre.objectives.moco_v3 import MoCoV3, cosine_momentum, default_predictor, ema_update
+from vispre.objectives.multi_objective import MultiObjective, ObjectiveFactory, default_names
 from vispre.objectives.simclr import SimCLR
 
-OBJECTIVES: dict[str, type[PretrainObjective]] = {
+OBJECTIVES: dict[str, Callable[..., PretrainObjective]] = {
     "mae": MAE,
     "simclr": SimCLR,
     "moco_v3": MoCoV3,
     "barlow_twins": BarlowTwins,
-    "amcl_simclr": AMCLSimCLR,
-    "amcl_moco_v3": AMCLMoCoV3,
-    "amcl_barlow_twins": AMCLBarlowTwins,
+    "amcl_simclr": amcl_simclr,
+    "amcl_moco_v3": amcl_moco_v3,
+    "amcl_barlow_twins": amcl_barlow_twins,
     "multi": MultiObjective,
 }
-"""Explicit registry: short name -> class (one entry per objective)."""
+"""Explicit registry: short name -> objective class, or a factory ``(backbone, **kwargs)`` giving a base
+objective with a variant's heads and loss (AMCL). Each entry is built as ``OBJECTIVES[name](backbone, ...)``."""
 
-__all__ = ["OBJECTIVES", "MAE", "AMCLBarlowTwins", "AMCLMoCoV3", "AMCLSimCLR", "AdamWRecipe", "BarlowTwins",
-           "Batch", "MoCoV3", "MultiObjective", "PretrainObjective", "SimCLR"]
+__all__ = ["MAE", "OBJECTIVES", "BarlowTwins", "Batch", "JointEmbedding", "LossFactory", "MAEOutput", "MoCoV3",
+           "MultiObjective", "ObjectiveFactory", "PretrainObjective", "Reconstruction", "SimCLR", "amcl_barlow_twins",
+           "amcl_moco_v3", "amcl_simclr", "build_loss", "cosine_momentum", "default_names", "default_predictor",
+           "ema_update", "two_views"]

@@ -9,7 +9,10 @@ YAML (each entry is a PretrainObjective class without its backbone, which is inj
         backbone: {class_path: vispre.backbones.MaskedViT, init_args: {...}}
         objectives:
           - {class_path: vispre.objectives.MAE, init_args: {mask_ratio: 0.75, decoder_dim: 128}}
-          - {class_path: vispre.objectives.SimCLR, init_args: {temperature: 0.2}}
+          - class_path: vispre.objectives.SimCLR
+            init_args:
+              projector: {class_path: vispre.heads.ProjectionMLP, init_args: {hidden_dim: 512, out_dim: 128}}
+              loss: {class_path: vispre.losses.NTXentLoss, init_args: {temperature: 0.2}}
         weights: [1.0, 0.5]
         views: [[0], [0, 1]]
 """
@@ -22,8 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from vispre.backbones.vit import MaskedViT
+from vispre.errors import VispreError
 from vispre.objectives.base import Batch, PretrainObjective
-from vispre.objectives.optim import AdamWRecipe
+from vispre.optim import OptimizerRecipe
 
 ObjectiveFactory = Callable[[MaskedViT], PretrainObjective]
 
@@ -38,15 +42,15 @@ class MultiObjective(PretrainObjective):
         weights: one weight per objective (default all 1).
         views: per objective, the indices of the batch views it sees (default: all views, in order).
         names: log prefixes (default: lower-case class names, suffixed with the index when repeated).
-        optimizer: AdamW recipe of the whole module (sub-objectives' own recipes are ignored).
+        optimizer: optimizer recipe of the whole module (sub-objectives' own recipes are ignored).
     """
 
-    def __init__(self, backbone: MaskedViT, objectives: Sequence[ObjectiveFactory | PretrainObjective],
+    def __init__(self, backbone: MaskedViT, *, objectives: Sequence[ObjectiveFactory | PretrainObjective],
                  weights: Sequence[float] | None = None, views: Sequence[Sequence[int]] | None = None,
-                 names: Sequence[str] | None = None, optimizer: AdamWRecipe | None = None) -> None:
-        super().__init__(backbone, optimizer)
+                 names: Sequence[str] | None = None, optimizer: OptimizerRecipe | None = None) -> None:
+        super().__init__(backbone, optimizer=optimizer)
         if not objectives:
-            raise ValueError("MultiObjective needs at least one objective")
+            raise VispreError("MultiObjective needs at least one objective")
         subs = [o if isinstance(o, PretrainObjective) else o(backbone) for o in objectives]
         for sub in subs:
             sub.backbone = backbone
@@ -56,7 +60,7 @@ class MultiObjective(PretrainObjective):
         self.names = list(names) if names is not None else default_names(subs)
         for label, value in (("weights", self.weights), ("views", self.views), ("names", self.names)):
             if value is not None and len(value) != len(subs):
-                raise ValueError(f"MultiObjective.{label} has {len(value)} entries, expected one per objective "
+                raise VispreError(f"MultiObjective.{label} has {len(value)} entries, expected one per objective "
                                  f"({len(subs)})")
 
     def sub_batch(self, batch: Batch, index: int) -> Batch:
@@ -66,7 +70,7 @@ class MultiObjective(PretrainObjective):
         available = len(batch["views"])
         picked = self.views[index]
         if any(not 0 <= v < available for v in picked):
-            raise ValueError(f"MultiObjective.views[{index}] = {picked} but batches have {available} views")
+            raise VispreError(f"MultiObjective.views[{index}] = {picked} but batches have {available} views")
         return {**batch, "views": [batch["views"][v] for v in picked]}
 
     def loss_terms(self, batch: Batch) -> dict[str, Tensor]:

@@ -1,0 +1,193 @@
+"""Backbone weight files: read them safely, map their keys to timm's, resample position tables, load strictly.
+
+Pure utilities under :mod:`vispre.backbones` (they import nothing from :mod:`vispre.hub`): a backbone
+*receives* weights through :func:`init_from_file` / :func:`load_into`; :mod:`vispre.hub` builds a ready
+model from a file (``load_backbone``) and writes exports.
+
+Supported files: a vispre run folder (``checkpoints/last.ckpt``), a Lightning ``.ckpt``, a ``.pth``/``.pt``
+state dict (timm, official MAE ``{"model": ...}``, DDP ``module.`` prefixes) and an exported
+``.safetensors`` (+ ``.json`` of timm ``create_model`` arguments). Loading never unpickles arbitrary
+objects: safetensors, or ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from safetensors.torch import load_file
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor
+
+from vispre.errors import VispreError
+
+BACKBONE_PREFIXES = ("backbone.vit.", "backbone.", "encoder.", "model.", "module.")
+"""Wrapper prefixes stripped from state-dict keys (the first one found before ``patch_embed`` wins)."""
+# fc_norm is kept: it belongs to the backbone's pooled feature when global_pool="avg" (timm adds it then).
+DROPPED_PREFIXES = ("decoder", "head", "projector", "predictor", "teacher", "momentum", "mask_token")
+"""Keys that belong to heads / decoders / teacher branches, never to the backbone."""
+
+
+class BackboneWeights(NamedTuple):
+    """What a weight file holds for the backbone.
+
+    Attributes:
+        state_dict: timm ``VisionTransformer`` keys -> tensors.
+        architecture: the recorded ``create_vit`` arguments, or None when the file records none.
+    """
+
+    state_dict: dict[str, Tensor]
+    architecture: dict[str, Any] | None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder -> its ``checkpoints/last.ckpt``; a file -> itself.
+
+    Raises:
+        FileNotFoundError: naming the missing file, or the folder that holds no checkpoint.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "last.ckpt", path / "last.ckpt"):
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"{path} is a folder without checkpoints/last.ckpt (expected a vispre run folder)")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
+
+
+def safe_torch_load(path: str | Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is refused clearly.
+
+    Raises:
+        VispreError: naming the file and, when torch reports it, the Python object it refused to unpickle.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as err:
+        culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if culprit:
+            raise VispreError(f"refusing to load {path}: it contains a pickled Python object ({culprit.group(1)}) "
+                              f"that is unsafe to unpickle (only tensors and plain containers are accepted; re-save "
+                              f"the weights as safetensors or a plain state dict)") from err
+        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(err), re.DOTALL)
+        detail = reason.group(1) if reason else str(err).strip().splitlines()[0]
+        raise VispreError(f"{path} is not a readable torch checkpoint of plain tensors: {detail}") from err
+    if not isinstance(obj, dict):
+        raise VispreError(f"{path} holds a {type(obj).__name__}, expected a dict of tensors or a checkpoint dict")
+    return obj
+
+
+def backbone_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Strip wrapper prefixes (``backbone.vit.``, ``module.``...) and drop decoder/head keys -> timm ViT keys.
+
+    Raises:
+        VispreError: when no key looks like a ViT patch embedding.
+    """
+    out: dict[str, Tensor] = {}
+    prefix = next((p for p in BACKBONE_PREFIXES if any(k.startswith(p + "patch_embed") for k in state)), "")
+    for key, value in state.items():
+        if not isinstance(value, Tensor) or not key.startswith(prefix):
+            continue
+        name = key[len(prefix):]
+        if not name.startswith(DROPPED_PREFIXES):
+            out[name] = value
+    if "patch_embed.proj.weight" not in out:
+        raise VispreError("no ViT backbone weights found (expected keys like 'backbone.vit.patch_embed.proj.weight' "
+                          "or 'patch_embed.proj.weight')")
+    return out
+
+
+def read_backbone(path: str | Path) -> BackboneWeights:
+    """Backbone weights (timm names) and, when recorded, the ``create_vit`` arguments of any supported file.
+
+    Args:
+        path: run folder, ``.ckpt``/``.pth``/``.pt`` file or ``.safetensors`` file (+ optional ``.json`` beside it).
+
+    Raises:
+        FileNotFoundError: the file or run folder does not exist. VispreError: the file is unreadable, holds
+            pickled objects, or holds no ViT backbone.
+    """
+    path = resolve_checkpoint(path)
+    if path.suffix == ".safetensors":
+        meta = path.with_suffix(".json")
+        args = json.loads(meta.read_text()) if meta.exists() else None
+        if args is not None:
+            args.pop("num_classes", None)  # written for plain timm.create_model; create_vit is always headless
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise VispreError(f"{path} is not a readable safetensors file: {err}") from err
+        return BackboneWeights(backbone_state_dict(state), args)
+    obj = safe_torch_load(path)
+    args = (obj.get("vispre") or {}).get("backbone")
+    for key in ("state_dict", "model", "model_state", "module"):
+        if isinstance(obj.get(key), dict):
+            return BackboneWeights(backbone_state_dict(obj[key]), args)
+    return BackboneWeights(backbone_state_dict(obj), args)
+
+
+def resample_pos_embed(state: dict[str, Tensor], vit: VisionTransformer) -> dict[str, Tensor]:
+    """Bicubically resample a saved ``pos_embed`` [1, P + gh*gw, D] to ``vit``'s patch grid (other image size).
+
+    Unchanged when the shapes already match, or when the width or prefix-token count differ (then
+    :func:`load_into` reports the mismatch). The saved grid must be square.
+
+    Returns:
+        ``state`` with ``pos_embed`` replaced by the [1, P + gh'*gw', D] table of ``vit``'s grid.
+    """
+    saved, own = state.get("pos_embed"), vit.pos_embed
+    if saved is None or own is None or saved.shape == own.shape or saved.shape[-1] != own.shape[-1]:
+        return state
+    prefix = 0 if vit.no_embed_class else int(vit.num_prefix_tokens)
+    side = int(round((saved.shape[1] - prefix) ** 0.5))
+    if side * side != saved.shape[1] - prefix:
+        return state
+    new_size = [int(g) for g in vit.patch_embed.grid_size]
+    resampled = resample_abs_pos_embed(saved.float(), new_size, [side, side], num_prefix_tokens=prefix)
+    return {**state, "pos_embed": resampled.to(saved.dtype)}
+
+
+def load_into(vit: VisionTransformer, state: dict[str, Tensor]) -> None:
+    """Strict load with one clear error: missing/unexpected keys or the first shape mismatch.
+
+    Raises:
+        VispreError: ``backbone weights do not match the model: missing keys [...], unexpected keys [...]`` or
+            ``shape mismatch at 'KEY': checkpoint (...) vs model (...)``.
+    """
+    own = vit.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise VispreError(f"backbone weights do not match the model: missing keys {missing[:5]}, "
+                          f"unexpected keys {unexpected[:5]}")
+    for key, value in state.items():
+        if value.shape != own[key].shape:
+            raise VispreError(f"shape mismatch at {key!r}: checkpoint {tuple(value.shape)} vs model "
+                              f"{tuple(own[key].shape)}")
+    vit.load_state_dict(state)
+
+
+def init_from_file(vit: VisionTransformer, path: str | Path) -> None:
+    """Overwrite ``vit``'s weights (in place) with the backbone stored in ``path`` (warm start).
+
+    Accepts every file :func:`read_backbone` does; ``pos_embed`` is resampled when the image size differs.
+
+    Raises:
+        VispreError: naming ``path`` and the first mismatch (see :func:`load_into`).
+    """
+    state = read_backbone(path).state_dict
+    try:
+        load_into(vit, resample_pos_embed(state, vit))
+    except VispreError as err:
+        raise VispreError(f"cannot initialise the backbone from {path}: {err}") from err
+
+
+__all__ = ["BACKBONE_PREFIXES", "DROPPED_PREFIXES", "BackboneWeights", "backbone_state_dict", "init_from_file",
+           "load_into", "read_backbone", "resample_pos_embed", "resolve_checkpoint", "safe_torch_load"]

@@ -1,0 +1,77 @@
+"""In-memory image data: a labelled image tensor dataset with view transforms, and the Fashion-MNIST DataModule."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from vispre.data.fashion_mnist import MEAN, STD, load_fashion_mnist
+from vispre.data.preview import PreviewImages, resize_crop, view_normalisation
+from vispre.data.transforms import MAEView, ViewTransform
+from vispre.errors import VispreError
+
+
+class ViewDataset(Dataset):
+    """Map-style dataset over in-memory images yielding ``{"views": [...], "label": int}``.
+
+    Args:
+        images: [N, C, H, W] uint8.
+        labels: [N] int64 or None.
+        transform: view transform applied to each image.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor | None, transform: ViewTransform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"views": self.transform(self.images[index])}
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        return item
+
+
+class FashionMNISTDataModule(L.LightningDataModule):
+    """Fashion-MNIST train split for pretraining (label-free by default), read from the local IDX files.
+
+    Args:
+        root: optional data folder searched first (see vispre.data.fashion_mnist).
+        batch_size: per-device batch size (the lr is scaled by the global batch).
+        num_workers: DataLoader workers.
+        view: training view transform; default MAEView at 28 px with Fashion-MNIST statistics.
+        with_labels: include labels in training batches (for online probes).
+    """
+
+    def __init__(self, root: str | None = None, batch_size: int = 256, num_workers: int = 2,
+                 view: ViewTransform | None = None, with_labels: bool = False) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise VispreError(f"batch_size must be >= 1, got {batch_size}")
+        self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
+        self.view = view or MAEView(28, mean=MEAN, std=STD)
+        self.with_labels = with_labels
+        self.train_set: ViewDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            data = load_fashion_mnist("train", self.root)
+            self.train_set = ViewDataset(data.images, data.labels if self.with_labels else None, self.view)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def preview_images(self, count: int, img_size: int) -> PreviewImages:
+        """The first ``count`` images of the held-out test split, at ``img_size`` (not augmented).
+
+        Returns:
+            PreviewImages(uint8 [count, 1, S, S], mean, std of the view).
+        """
+        images = load_fashion_mnist("test", self.root).images[:count]
+        return PreviewImages(resize_crop(images, img_size), *view_normalisation(self.view, (MEAN, STD)))
+
+
+__all__ = ["FashionMNISTDataModule", "ViewDataset"]
