@@ -15,7 +15,7 @@ import torch
 
 from tests.helpers import TINY_DECODER, cpu_trainer, tiny_vit
 from vispre.data.synthetic import SyntheticDataModule
-from vispre.heads import MultiProjectionHead, ProjectionMLP
+from vispre.heads import DINOHead, MultiProjectionHead, ProjectionMLP
 from vispre.losses import AMCLInfoNCELoss, AMCLNTXentLoss
 from vispre.objectives import MAE, OBJECTIVES, PretrainObjective, SimCLR
 
@@ -32,6 +32,11 @@ FACTORIES = {  # registry name -> small keyword arguments (the backbone is passe
     "amcl_barlow_twins": dict(projector=partial(HEADS, num_layers=3)),
     "multi": dict(objectives=[partial(MAE, **TINY_DECODER), partial(SimCLR, projector=HEADS, loss=AMCLNTXentLoss)],
                   weights=[1.0, 0.5], views=[[0], [0, 1]]),
+    "dino": dict(head=partial(DINOHead, out_dim=16, hidden_dim=16, bottleneck_dim=8)),
+    "ibot": dict(head=partial(DINOHead, out_dim=16, hidden_dim=16, bottleneck_dim=8)),
+    "dinov2": dict(head=partial(DINOHead, out_dim=16, hidden_dim=16, bottleneck_dim=8)),
+    "poa": dict(head=partial(DINOHead, out_dim=16, hidden_dim=16, bottleneck_dim=8), elastic_widths=[16],
+                elastic_depths=[1]),
 }
 
 

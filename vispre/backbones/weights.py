@@ -31,6 +31,10 @@ BACKBONE_PREFIXES = ("backbone.vit.", "backbone.", "encoder.", "model.", "module
 # fc_norm is kept: it belongs to the backbone's pooled feature when global_pool="avg" (timm adds it then).
 DROPPED_PREFIXES = ("decoder", "head", "projector", "predictor", "teacher", "momentum", "mask_token")
 """Keys that belong to heads / decoders / teacher branches, never to the backbone."""
+BRANCHES = ("teacher", "student")
+"""Which backbone of a self-distillation checkpoint (DINO, iBOT, DINOv2: the EMA teacher's keys
+``[<prefix>.]teacher.branches.backbone.vit.*``) is read; files without a teacher have only the student."""
+TEACHER_KEY = re.compile(r"^((?:.+\.)?teacher\.branches\.)backbone\.vit\.patch_embed\.proj\.weight$")
 
 
 class BackboneWeights(NamedTuple):
@@ -84,12 +88,22 @@ def safe_torch_load(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def backbone_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def backbone_state_dict(state: dict[str, Tensor], branch: str = "teacher") -> dict[str, Tensor]:
     """Strip wrapper prefixes (``backbone.vit.``, ``module.``...) and drop decoder/head keys -> timm ViT keys.
 
+    Args:
+        state: a state dict.
+        branch: "teacher" (default, DINO's convention) reads the EMA teacher's backbone where the state holds
+            one (see :data:`BRANCHES`), "student" the trained student's; without a teacher both read the one backbone.
+
     Raises:
-        VispreError: when no key looks like a ViT patch embedding.
+        VispreError: when no key looks like a ViT patch embedding, or an unknown ``branch``.
     """
+    if branch not in BRANCHES:
+        raise VispreError(f"branch must be one of {BRANCHES}, got {branch!r}")
+    teacher = next((m.group(1) for m in map(TEACHER_KEY.match, state) if m), None)
+    if branch == "teacher" and teacher is not None:
+        state = {k[len(teacher):]: v for k, v in state.items() if k.startswith(teacher)}
     out: dict[str, Tensor] = {}
     prefix = next((p for p in BACKBONE_PREFIXES if any(k.startswith(p + "patch_embed") for k in state)), "")
     for key, value in state.items():
@@ -104,11 +118,12 @@ def backbone_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def read_backbone(path: str | Path) -> BackboneWeights:
+def read_backbone(path: str | Path, branch: str = "teacher") -> BackboneWeights:
     """Backbone weights (timm names) and, when recorded, the ``create_vit`` arguments of any supported file.
 
     Args:
         path: run folder, ``.ckpt``/``.pth``/``.pt`` file or ``.safetensors`` file (+ optional ``.json`` beside it).
+        branch: "teacher" or "student" backbone of a self-distillation checkpoint (:func:`backbone_state_dict`).
 
     Raises:
         FileNotFoundError: the file or run folder does not exist. VispreError: the file is unreadable, holds
@@ -124,13 +139,13 @@ def read_backbone(path: str | Path) -> BackboneWeights:
             state = load_file(str(path))
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
             raise VispreError(f"{path} is not a readable safetensors file: {err}") from err
-        return BackboneWeights(backbone_state_dict(state), args)
+        return BackboneWeights(backbone_state_dict(state, branch), args)
     obj = safe_torch_load(path)
     args = (obj.get("vispre") or {}).get("backbone")
     for key in ("state_dict", "model", "model_state", "module"):
         if isinstance(obj.get(key), dict):
-            return BackboneWeights(backbone_state_dict(obj[key]), args)
-    return BackboneWeights(backbone_state_dict(obj), args)
+            return BackboneWeights(backbone_state_dict(obj[key], branch), args)
+    return BackboneWeights(backbone_state_dict(obj, branch), args)
 
 
 def resample_pos_embed(state: dict[str, Tensor], vit: VisionTransformer) -> dict[str, Tensor]:

@@ -20,6 +20,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", default="configs/eval/fashion_mnist.yaml", help="evaluation suite YAML")
     parser.add_argument("--out", default=None, help="output folder (default: the run folder, or beside the file)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--branch", choices=["teacher", "student"], default="teacher",
+                        help="self-distillation runs (dino, ibot, dinov2): evaluate the EMA teacher's backbone "
+                             "(default) or the student's")
     return parser.parse_args(argv)
 
 
@@ -28,7 +31,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     suite = load_tasks(args.config)
     source = resolve_checkpoint(args.path)
-    vit = load_backbone(source)
+    vit = load_backbone(source, branch=args.branch)
     out = Path(args.out) if args.out else (Path(args.path) if Path(args.path).is_dir() else source.parent)
     report = run_suite(vit, suite.tasks, str(args.path), suite.cache_dir)
     written = write_report(report, out, plots=not args.no_plots)

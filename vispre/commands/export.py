@@ -1,10 +1,13 @@
 """``vispre export RUN_DIR_OR_CKPT OUT.safetensors``: the backbone with timm's parameter names, plus
-``OUT.json`` of timm ``create_model`` arguments (see :func:`vispre.hub.export_backbone`)."""
+``OUT.json`` of timm ``create_model`` arguments (see :func:`vispre.hub.export_backbone`).
+
+``--subnet depth=D,embed_dim=E`` writes an elastic sub-network instead (POA; :mod:`vispre.growth.subnet`)."""
 
 from __future__ import annotations
 
 import argparse
 
+from vispre.growth.subnet import parse_subnet
 from vispre.hub import export_backbone
 
 
@@ -13,7 +16,14 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vispre export", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="run folder, Lightning checkpoint or state-dict file")
     parser.add_argument("out", help="output .safetensors path (a .json of timm args is written beside it)")
+    parser.add_argument("--subnet", metavar="depth=D,embed_dim=E", default=None,
+                        help="export the elastic sub-network of depth D and width E (a multiple of head_dim; "
+                             "POA's evenly spread blocks and leading channels/heads) as a standalone ViT")
+    parser.add_argument("--branch", choices=["teacher", "student"], default="teacher",
+                        help="self-distillation runs (dino, ibot, dinov2): the EMA teacher's backbone (default, "
+                             "the DINO convention) or the student's")
     args = parser.parse_args(argv)
-    out = export_backbone(args.source, args.out)
+    subnet = None if args.subnet is None else parse_subnet(args.subnet)
+    out = export_backbone(args.source, args.out, subnet=subnet, branch=args.branch)
     print(f"backbone written to {out} (+ {out.with_suffix('.json').name})")
     return 0

@@ -11,6 +11,11 @@ from vispre.objectives.mae import MAE, MAEOutput, Reconstruction
 from vispre.objectives.moco_v3 import MoCoV3, cosine_momentum, default_predictor, ema_update
 from vispre.objectives.multi_objective import MultiObjective, ObjectiveFactory, default_names
 from vispre.objectives.simclr import SimCLR
+from vispre.objectives.dino import DINO, SelfDistillation
+from vispre.objectives.dinov2 import DINOv2
+from vispre.objectives.ibot import IBOT
+from vispre.objectives.poa import POA
+from vispre.objectives.teacher import DistillSchedule, EMATeacher, encode_crop
 
 OBJECTIVES: dict[str, Callable[..., PretrainObjective]] = {
     "mae": MAE,
@@ -21,6 +26,10 @@ OBJECTIVES: dict[str, Callable[..., PretrainObjective]] = {
     "amcl_moco_v3": amcl_moco_v3,
     "amcl_barlow_twins": amcl_barlow_twins,
     "multi": MultiObjective,
+    "dino": DINO,
+    "ibot": IBOT,
+    "dinov2": DINOv2,
+    "poa": POA,
 }
 """Explicit registry: short name -> objective class, or a factory ``(backbone, **kwargs)`` giving a base
 objective with a variant's heads and loss (AMCL). Each entry is built as ``OBJECTIVES[name](backbone, ...)``."""
@@ -29,3 +38,5 @@ __all__ = ["MAE", "OBJECTIVES", "BarlowTwins", "Batch", "JointEmbedding", "LossF
            "MultiObjective", "ObjectiveFactory", "PretrainObjective", "Reconstruction", "SimCLR", "amcl_barlow_twins",
            "amcl_moco_v3", "amcl_simclr", "build_loss", "cosine_momentum", "default_names", "default_predictor",
            "ema_update", "two_views"]
+__all__ += ["DINO", "DINOv2", "DistillSchedule", "EMATeacher", "IBOT", "SelfDistillation", "encode_crop"]
+__all__ += ["POA"]

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from vispre.backbones.vit import MaskedViT
 from vispre.errors import VispreError
 from vispre.objectives.base import Batch, PretrainObjective
+from vispre.objectives.teacher import steps_per_epoch
 from vispre.optim import OptimizerRecipe
 
 ObjectiveFactory = Callable[[MaskedViT], PretrainObjective]
@@ -90,6 +91,13 @@ class MultiObjective(PretrainObjective):
             update = getattr(sub, "update_momentum", None)  # MoCo-style EMA branches
             if update is not None:
                 update(self.trainer.global_step, total)
+            schedules = getattr(sub, "update_schedules", None)  # self-distillation (DINO, iBOT, DINOv2)
+            if schedules is not None:
+                schedules(self.trainer.global_step, total, steps_per_epoch(self.trainer))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        for sub in self.objectives:  # e.g. DINO's last-layer freeze
+            sub.on_before_optimizer_step(optimizer)
 
 
 def default_names(objectives: Sequence[nn.Module]) -> list[str]:
