@@ -185,3 +185,12 @@ def tiny_mae_run(folder: Path) -> tuple[Any, Path]:
     mae = tiny_mae(perturbed(tiny_vit()))
     lightning_checkpoint(mae, folder / "run" / "checkpoints" / "last.ckpt")
     return mae, folder / "run"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a test's gloo rendezvous."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -3,7 +3,6 @@ and the global-batch statistics under a real 2-process gloo group."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.helpers import free_port
 from vispre.errors import VispreError
 from vispre.losses.dino import dino_loss, dino_teacher_probs, ibot_patch_loss, sinkhorn_knopp, update_center
 
@@ -268,11 +268,6 @@ def _ddp_inputs() -> torch.Tensor:
     return _randn(sum(ROWS), K, seed=9).float()
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
@@ -287,7 +282,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_centre_and_sinkhorn_use_the_global_batch_under_gloo(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     logits = _ddp_inputs()
     torch.testing.assert_close(torch.cat([r["sk"] for r in ranks]), sinkhorn_knopp(logits, 0.07, 3),

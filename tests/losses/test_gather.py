@@ -3,7 +3,6 @@ one process over the concatenated batch, to 1e-6, for NT-Xent, InfoNCE and Barlo
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tests.helpers import free_port
 from vispre.losses.barlow_twins import barlow_twins_loss
 from vispre.losses.gather import gather_with_grad
 from vispre.losses.info_nce import info_nce_loss, nt_xent_loss
@@ -35,11 +35,6 @@ def data() -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
     x2 = torch.randn(WORLD * N, D_IN, generator=gen, dtype=torch.float64)
     return encoder, x1, x2
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:

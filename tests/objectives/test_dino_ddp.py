@@ -6,7 +6,6 @@ KoLeo's neighbours stay per rank by design (DINOv2): each rank's term equals a o
 
 from __future__ import annotations
 
-import socket
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from tests.helpers import tiny_vit
+from tests.helpers import free_port, tiny_vit
 from vispre.heads import DINOHead
 from vispre.objectives import DINO, DINOv2
 
@@ -80,10 +79,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out = tmp_path_factory.mktemp("dino_ddp")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(worker, args=(port, str(out)), nprocs=WORLD, join=True)
+    mp.spawn(worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 

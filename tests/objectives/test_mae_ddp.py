@@ -8,7 +8,6 @@ Also runnable as a script (Lightning's ddp launcher re-executes it for rank 1):
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.helpers import TINY_DECODER, cpu_trainer, tiny_vit  # noqa: E402
+from tests.helpers import TINY_DECODER, cpu_trainer, free_port, tiny_vit  # noqa: E402
 from vispre.objectives.mae import MAE  # noqa: E402
 
 NUM_SAMPLES, NUM_PATCHES = 48, 16
@@ -73,11 +72,6 @@ def train(devices: int, batch_size: int, steps: int) -> tuple[L.Trainer, NoiseMA
     trainer.fit(model, datamodule=NoiseData(batch_size))
     return trainer, model
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_ddp_two_processes_match_single_process_on_concatenated_batch(tmp_path: Path) -> None:
