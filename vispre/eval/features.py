@@ -1,6 +1,9 @@
 """Frozen-feature extraction (one pass, several feature choices) with an on-disk cache.
 
 Feature choices, all from a frozen timm ViT (``forward_intermediates`` with the final norm applied):
+    pooled      what the exported timm model returns as its embedding: ``forward_head(forward_features(x),
+                pre_logits=True)`` with the model's own ``global_pool`` (and ``fc_norm``), computed from the same
+                pass (the last layer's normed tokens are ``forward_features``' output)
     cls         the class token of the last block (mean patch token when the model has no class token)
     mean        the mean patch token of the last block
     cls_mean    [cls ; mean]  (DINOv2's linear-probe feature)
@@ -27,15 +30,18 @@ from tqdm.auto import tqdm
 from vispre.data.transforms import EvalView, ViewTransform
 from vispre.errors import VispreError
 
-FEATURE_CHOICES = ("cls", "mean", "cls_mean", "last4", "grid2", "patches")
+FEATURE_CHOICES = ("pooled", "cls", "mean", "cls_mean", "last4", "grid2", "patches")
 
 
 def _token_features(vit: VisionTransformer, images: Tensor, choices: Sequence[str]) -> dict[str, Tensor]:
     """[B, C, H, W] -> {choice: [B, D_choice]} for one batch."""
     depth = len(vit.blocks)
     n = min(4, depth)
-    layers = vit.forward_intermediates(images, indices=n, return_prefix_tokens=True, norm=True,
+    has_prefix = vit.num_prefix_tokens > 0  # timm returns bare patch tokens when there are no prefix tokens
+    layers = vit.forward_intermediates(images, indices=n, return_prefix_tokens=has_prefix, norm=True,
                                        output_fmt="NLC", intermediates_only=True)
+    if not has_prefix:
+        layers = [(patches, patches[:, :0]) for patches in layers]
     summaries = []
     for patches, prefix in layers:
         cls = prefix[:, 0] if vit.cls_token is not None else patches.mean(1)
@@ -43,7 +49,10 @@ def _token_features(vit: VisionTransformer, images: Tensor, choices: Sequence[st
     cls, mean = summaries[-1]
     out: dict[str, Tensor] = {}
     for choice in choices:
-        if choice == "cls":
+        if choice == "pooled":
+            patches, prefix = layers[-1]
+            out[choice] = vit.forward_head(torch.cat([prefix, patches], dim=1), pre_logits=True)
+        elif choice == "cls":
             out[choice] = cls
         elif choice == "mean":
             out[choice] = mean
