@@ -38,7 +38,7 @@ def test_build_loss_uses_a_module_as_is_and_sizes_a_factory_by_its_head() -> Non
     assert build_loss(given, head, default=NTXentLoss) is given
     assert isinstance(build_loss(None, head, default=NTXentLoss), NTXentLoss)
     sized = build_loss(AMCLNTXentLoss, head, default=NTXentLoss)
-    assert len(sized.temperatures) == 4 and sized.temperatures[0].dim == 6
+    assert sized.num_heads == 4 and sized.temperature_net.dim == 6
     seen = []
     build_loss(lambda n, d: seen.append((n, d)) or nn.Identity(), ProjectionMLP(16, out_dim=5), default=NTXentLoss)
     assert seen == [(1, 5)]
@@ -79,5 +79,5 @@ def test_yaml_heads_and_losses_get_their_sizes_from_the_model(tmp_path: Path) ->
 """)
     assert [h.net[0].in_features for h in model.projector.heads] == [32, 32]  # the backbone's width
     assert isinstance(model.loss, AMCLNTXentLoss) and model.loss.temperature == 0.2
-    assert [t.dim for t in model.loss.temperatures] == [8, 8]  # sized by the head
+    assert (model.loss.num_heads, model.loss.temperature_net.dim) == (2, 8)  # sized by the head
     assert model.optimizer_recipe.base_lr == 1e-3

@@ -28,7 +28,7 @@ FACTORIES = {  # registry name -> small keyword arguments (the backbone is passe
     "barlow_twins": dict(projector=partial(PROJ, num_layers=3)),
     "amcl_simclr": dict(projector=HEADS, loss=partial(AMCLNTXentLoss, tau_hidden_dim=8)),
     "amcl_moco_v3": dict(projector=partial(HEADS, num_layers=3, last_batch_norm=True),
-                         loss=partial(AMCLInfoNCELoss, tau_hidden_dim=8, form="logsumexp")),
+                         loss=partial(AMCLInfoNCELoss, tau_hidden_dim=8, form="paper")),
     "amcl_barlow_twins": dict(projector=partial(HEADS, num_layers=3)),
     "multi": dict(objectives=[partial(MAE, **TINY_DECODER), partial(SimCLR, projector=HEADS, loss=AMCLNTXentLoss)],
                   weights=[1.0, 0.5], views=[[0], [0, 1]]),

@@ -51,7 +51,7 @@ def test_default_predictor_mirrors_the_projector() -> None:
     multi = MoCoV3(tiny_vit(), projector=partial(MultiProjectionHead, num_heads=2, hidden_dim=16, out_dim=8,
                                                   num_layers=3, last_batch_norm=True), loss=AMCLInfoNCELoss)
     assert isinstance(multi.predictor, MultiProjectionHead) and len(multi.predictor) == 2
-    assert multi.predictor.hidden_dim == 16 and [t.dim for t in multi.loss.temperatures] == [8, 8]
+    assert multi.predictor.hidden_dim == 16 and (multi.loss.num_heads, multi.loss.temperature_net.dim) == (2, 8)
     given = MoCoV3(tiny_vit(), projector=PROJ, predictor=partial(ProjectionMLP, hidden_dim=4, out_dim=8))
     assert given.predictor.net[0].in_features == 8 and given.predictor.hidden_dim == 4
 
