@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tests.helpers import fake_fashion_mnist as fake_split
@@ -53,3 +52,26 @@ def test_folder_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     Image.new("L", (4, 4)).save(tmp_path / "flat" / "a.png")
     assert vispre_main(["shards", "folder", str(tmp_path / "flat"), str(tmp_path / "out"), "--labels"]) == 2
     assert "needs every image of" in capsys.readouterr().err
+
+
+def image_folder(folder: Path, n: int) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(random_images(1, 8)[0, 0].numpy()).save(folder / f"{i}.png")
+    return folder
+
+
+def test_folder_refuses_an_existing_set_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert vispre_main(["shards", "folder", str(image_folder(tmp_path / "a", 6)), str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    small = str(image_folder(tmp_path / "b", 2))
+    assert vispre_main(["shards", "folder", small, str(out), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"vispre shards: error: {out} already holds a shard set (1 shards, 6 samples (index.json)); pass --force "
+        "to replace it (the new set is written beside it and swapped in when complete)")
+    assert json.loads((out / "index.json").read_text())["samples"] == 6
+    assert vispre_main(["shards", "folder", small, str(out), "--no-progress", "--force"]) == 0
+    assert "wrote 1 shards, 2 samples" in capsys.readouterr().out
+    assert json.loads((out / "index.json").read_text())["samples"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out"]  # no temp or old folder left

@@ -1,4 +1,5 @@
-"""Fashion-MNIST IDX reader: parsing, look-up order, clear errors for missing or corrupt files."""
+"""Fashion-MNIST IDX reader: parsing, look-up order (an explicit root is authoritative; a split's two files
+come from one folder), clear errors for missing or corrupt files."""
 
 from __future__ import annotations
 
@@ -37,8 +38,44 @@ def test_env_var_is_searched_before_debian(tmp_path: Path, monkeypatch: pytest.M
 def test_missing_file_names_it_and_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VISPRE_DATA_DIR", raising=False)
     monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match=r"t10k-images-idx3-ubyte.gz not found .*apt-get install dataset-fashion-mnist"):
-        fm.load_fashion_mnist("test", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"Fashion-MNIST test files not found: .*nowhere \(does not exist\).*"
+                                                r"apt-get install dataset-fashion-mnist"):
+        fm.load_fashion_mnist("test")
+
+
+@pytest.fixture
+def system_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A complete test split where the defaults look (the Debian folder stands in for the system copy)."""
+    monkeypatch.delenv("VISPRE_DATA_DIR", raising=False)
+    monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "system")
+    fake_split(tmp_path / "system", "test", 6)
+    return tmp_path / "system"
+
+
+@pytest.mark.parametrize("make", ["empty", "missing"])
+def test_explicit_root_is_authoritative(tmp_path: Path, system_copy: Path, make: str) -> None:
+    root = tmp_path / "mine"
+    if make == "empty":
+        root.mkdir()
+    assert fm.load_fashion_mnist("test").labels.shape == (6,)  # the system copy is there and readable
+    state = ("missing t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz" if make == "empty"
+             else "does not exist")
+    with pytest.raises(FileNotFoundError) as err:
+        fm.load_fashion_mnist("test", root=root)
+    assert str(err.value).startswith(f"Fashion-MNIST test files not found in root {root}: {root} ({state}); "
+                                     f"{root / 'FashionMNIST' / 'raw'} (does not exist). Put the IDX files there")
+    assert str(system_copy) not in str(err.value)
+
+
+def test_split_files_come_from_one_folder(tmp_path: Path, system_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images, _ = fake_split(tmp_path / "half", "test", 4)
+    (tmp_path / "half" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"in root .*half: .*half \(missing t10k-labels-idx1-ubyte\.gz\)"):
+        fm.load_fashion_mnist("test", root=tmp_path / "half")
+    monkeypatch.setenv("VISPRE_DATA_DIR", str(tmp_path / "half"))  # a default folder with the images only
+    assert fm.find_split_files("test") == (system_copy / "t10k-images-idx3-ubyte.gz",
+                                           system_copy / "t10k-labels-idx1-ubyte.gz")
+    assert fm.load_fashion_mnist("test").labels.shape == (6,)
 
 
 def test_corrupt_files_get_clear_errors(tmp_path: Path) -> None:

@@ -1,13 +1,15 @@
-"""The shard parser agrees with Python's tarfile on every format shard writers produce, and refuses damage."""
+"""The shard parser agrees with Python's tarfile on every format shard writers produce, and refuses damage
+(also a cut exactly at a member boundary); the header walk sees the same members without reading them."""
 
 from __future__ import annotations
 
 import io
 import tarfile
+from pathlib import Path
 
 import pytest
 
-from vispre.data.tar_members import TarFormatError, iter_tar_members
+from vispre.data.tar_members import TarFormatError, TarHeader, iter_tar_headers, iter_tar_members
 
 
 def archive(fmt: int, compression: str = "", members: list[tuple[str, bytes]] | None = None) -> bytes:
@@ -51,6 +53,7 @@ def test_members_equal_tarfile(fmt: int, compression: str) -> None:
     assert members == reference(data)
     assert [name for name, _ in members][3].startswith("p" * 90 + "/") and len(members[4][0]) == 310
     assert members[5] == ("unicode/é-ü.cls", b"3")
+    assert list(iter_tar_headers(io.BytesIO(data))) == [TarHeader(n, len(d)) for n, d in reference(data)]
 
 
 def test_ustar_prefix_and_large_member() -> None:
@@ -58,18 +61,43 @@ def test_ustar_prefix_and_large_member() -> None:
     assert list(iter_tar_members(io.BytesIO(data))) == reference(data)
 
 
-def test_empty_archive_and_eof_at_block_boundary() -> None:
+def test_empty_archive_and_cut_at_member_boundary() -> None:
     assert list(iter_tar_members(io.BytesIO(archive(tarfile.PAX_FORMAT, members=[])))) == []
-    data = archive(tarfile.PAX_FORMAT, members=[("k.png", b"x" * 700)])
-    end = 512 + 1024 + 512  # directory header, file header + 2 data blocks; end-of-archive blocks cut off
-    assert list(iter_tar_members(io.BytesIO(data[:end]))) == [("k.png", b"x" * 700)]
+    data = archive(tarfile.PAX_FORMAT, members=[("k.png", b"x" * 700), ("k.cls", b"1")])
+    for end in (512 + 1024 + 512, 512 + 1024 + 512 + 1024, 0):  # after k.png; after k.cls (end blocks cut off); empty
+        for read in (iter_tar_members, iter_tar_headers):
+            with pytest.raises(TarFormatError, match="no end-of-archive block .*exactly at a member boundary"):
+                list(read(io.BytesIO(data[:end])))
 
 
-@pytest.mark.parametrize("cut", [100, 512 + 300, 512 + 512 + 10])
-def test_truncated_stream_raises(cut: int) -> None:
+@pytest.mark.parametrize("cut", [100, 512 + 300, 512 + 512 + 10, 512 + 512 + 512 + 100])
+def test_truncated_stream_raises(cut: int, tmp_path: Path) -> None:
     data = archive(tarfile.PAX_FORMAT, members=[("k.png", b"x" * 700)])
     with pytest.raises(TarFormatError, match="unexpected end of tar data"):
         list(iter_tar_members(io.BytesIO(data[:cut])))
+    (tmp_path / "cut.tar").write_bytes(data[:cut])  # a file: the header walk seeks over payloads
+    with open(tmp_path / "cut.tar", "rb") as fh, pytest.raises(TarFormatError, match="unexpected end of tar data"):
+        list(iter_tar_headers(fh))
+
+
+def test_header_walk_seeks_over_payloads(tmp_path: Path) -> None:
+    sizes = (("jpg", 70_000), ("cls", 1))  # payloads over 64 KiB are seeked over, small ones read
+    members = [(f"{i:04d}.{ext}", bytes([i]) * (size + i)) for i in range(20) for ext, size in sizes]
+    (tmp_path / "s.tar").write_bytes(archive(tarfile.PAX_FORMAT, members=members))
+
+    class CountingReads(io.FileIO):
+        read_bytes = 0
+
+        def read(self, size: int = -1) -> bytes:
+            data = super().read(size)
+            CountingReads.read_bytes += len(data)
+            return data
+
+    with CountingReads(tmp_path / "s.tar") as fh:
+        headers = list(iter_tar_headers(fh))  # type: ignore[arg-type]
+    assert headers == [TarHeader(n, len(d)) for n, d in members]
+    assert CountingReads.read_bytes < 512 * (2 * len(members) + 10)  # headers and the small payloads only
+    assert sum(len(d) for _, d in members) > 1_400_000
 
 
 def test_corrupt_header_raises() -> None:

@@ -1,7 +1,10 @@
 """``vispre shards``: write webdataset shards and their index (writer: vispre/data/shard_writer.py).
 
     vispre shards fashion-mnist OUT_DIR [--split train] [--format png] [--root DIR] [--force]
-    vispre shards folder IMG_DIR OUT_DIR [--labels] [--samples-per-shard N] [--max-bytes B]
+    vispre shards folder IMG_DIR OUT_DIR [--labels] [--samples-per-shard N] [--max-bytes B] [--force]
+
+Both refuse an OUT_DIR that already holds a shard set unless ``--force``; a forced rewrite builds the new set
+beside the old one and swaps it in when complete (vispre/data/shard_folder.py).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ def build_parser() -> argparse.ArgumentParser:
     fm.add_argument("--split", default="train", choices=["train", "test"])
     fm.add_argument("--format", default="png", choices=["png", "jpg"], help="png is lossless")
     fm.add_argument("--root", default=None, help="folder with the IDX files (default: searched)")
-    fm.add_argument("--force", action="store_true", help="rewrite even when a complete set is there")
     folder = sub.add_parser("folder", help="image folder -> shards (image bytes copied as they are)")
     folder.add_argument("img_dir")
     folder.add_argument("out_dir")
@@ -28,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     folder.add_argument("--max-bytes", type=int, default=None)
     for p in (fm, folder):
         p.add_argument("--samples-per-shard", type=int, default=10_000)
+        p.add_argument("--force", action="store_true",
+                       help="replace a shard set already in OUT_DIR (the old set stays until the new one is complete)")
         p.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -50,6 +54,6 @@ def main(argv: list[str]) -> int:
     else:
         summary = write_folder_shards(args.img_dir, args.out_dir, labels=args.labels,
                                       samples_per_shard=args.samples_per_shard, max_bytes=args.max_bytes,
-                                      progress=not args.no_progress)
+                                      progress=not args.no_progress, force=args.force)
     print(summary_line(summary, args.out_dir))
     return 0

@@ -1,7 +1,10 @@
 """Fashion-MNIST reader for the IDX ``.gz`` files (Xiao et al. 2017, arXiv 1708.07747). Never downloads.
 
-Looked up, in order: an explicit ``root``, ``$VISPRE_DATA_DIR``, ``/usr/share/datasets/fashion-mnist`` (Debian
-package ``dataset-fashion-mnist``) and torchvision's download layout (``<dir>/FashionMNIST/raw``) under each.
+An explicit ``root`` is authoritative: the files are read from it (or from torchvision's download layout
+``root/FashionMNIST/raw``) and nowhere else. Without a root they are looked up, in order, in
+``$VISPRE_DATA_DIR`` (and ``$VISPRE_DATA_DIR/fashion-mnist``) and ``/usr/share/datasets/fashion-mnist`` (Debian
+package ``dataset-fashion-mnist``), each also with the torchvision layout beneath. A split's two files (images
+and labels) always come from one folder: the first that holds both.
 """
 
 from __future__ import annotations
@@ -36,43 +39,56 @@ class LabelledImages(NamedTuple):
 
 
 def candidate_dirs(root: str | Path | None = None) -> list[Path]:
-    """The folders searched, in order (each also with torchvision's ``FashionMNIST/raw`` beneath)."""
-    bases = [Path(root)] if root else []
-    if os.environ.get("VISPRE_DATA_DIR"):
-        env = Path(os.environ["VISPRE_DATA_DIR"])
-        bases += [env, env / "fashion-mnist"]
-    bases.append(DEBIAN_DIR)
+    """The folders searched, in order (each also with torchvision's ``FashionMNIST/raw`` beneath): only
+    ``root`` when one is given, else ``$VISPRE_DATA_DIR`` and the Debian folder."""
+    if root is not None and str(root) != "":
+        bases = [Path(root)]
+    else:
+        bases = []
+        if os.environ.get("VISPRE_DATA_DIR"):
+            env = Path(os.environ["VISPRE_DATA_DIR"])
+            bases += [env, env / "fashion-mnist"]
+        bases.append(DEBIAN_DIR)
     out: list[Path] = []
     for base in bases:
         out += [base, base / "FashionMNIST" / "raw"]
     return out
 
 
-def _find_file(stem: str, dirs: list[Path]) -> Path | None:
-    for folder in dirs:
-        for name in (stem + ".gz", stem):
-            if (folder / name).is_file():
-                return folder / name
+def _find_file(stem: str, folder: Path) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
     return None
 
 
 def find_split_files(split: str, root: str | Path | None = None) -> tuple[Path, Path]:
-    """Paths of (images, labels) for ``split`` in the first folder that has them.
+    """Paths of (images, labels) for ``split`` in the first searched folder that holds both.
+
+    Args:
+        split: "train" or "test". root: the folder to read (authoritative: nothing else is searched).
 
     Raises:
-        FileNotFoundError: naming the missing file, the folders searched and how to get the data.
+        VispreError: an unknown split.
+        FileNotFoundError: no searched folder holds both files: names the missing files of each folder
+            searched and how to get the data.
     """
     if split not in SPLIT_FILES:
         raise VispreError(f"Fashion-MNIST split must be one of {sorted(SPLIT_FILES)}, got {split!r}")
     dirs = candidate_dirs(root)
-    found = []
-    for stem in SPLIT_FILES[split]:
-        path = _find_file(stem, dirs)
-        if path is None:
-            searched = ", ".join(str(d) for d in dirs)
-            raise FileNotFoundError(f"Fashion-MNIST file {stem}.gz not found (searched: {searched}); {HOW_TO_GET}")
-        found.append(path)
-    return found[0], found[1]
+    missing = []
+    for folder in dirs:
+        paths = [_find_file(stem, folder) for stem in SPLIT_FILES[split]]
+        if paths[0] is not None and paths[1] is not None:
+            return paths[0], paths[1]
+        absent = [f"{stem}.gz" for stem, path in zip(SPLIT_FILES[split], paths) if path is None]
+        state = "does not exist" if not folder.is_dir() else "missing " + " and ".join(absent)
+        missing.append(f"{folder} ({state})")
+    if root is not None and str(root) != "":
+        raise FileNotFoundError(f"Fashion-MNIST {split} files not found in root {root}: {'; '.join(missing)}. "
+                                "Put the IDX files there, or leave root unset to use the default folders "
+                                "($VISPRE_DATA_DIR, the Debian package's folder)")
+    raise FileNotFoundError(f"Fashion-MNIST {split} files not found: {'; '.join(missing)}. {HOW_TO_GET}")
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -104,7 +120,7 @@ def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> 
 
     Args:
         split: "train" (60,000) or "test" (10,000).
-        root: optional folder searched first.
+        root: the folder to read (authoritative, see the module docstring); None: the default folders.
 
     Returns:
         LabelledImages(images [N, 1, 28, 28] uint8, labels [N] int64).

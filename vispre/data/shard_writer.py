@@ -1,16 +1,16 @@
 """Write webdataset shards (tar files of ``KEY.png|jpg`` + optional ``KEY.cls``) and their ``index.json``.
 
-Shards are written by webdataset's ``ShardWriter`` (each under ``.NAME.tmp``, renamed when complete), and
-``index.json`` (sample counts per shard, see :mod:`vispre.data.shard_list`) is written last, so a folder with
-an index is a complete shard set and an interrupted write never leaves a shard that looks finished. The
-command line is ``vispre shards`` (vispre/commands/shards.py).
+Shards are written by webdataset's ``ShardWriter`` into a hidden folder beside the output folder, then
+``index.json`` (samples and bytes per shard, see :mod:`vispre.data.shard_list`), and the folder is swapped in
+only when complete (:mod:`vispre.data.shard_folder`): an interrupted write never leaves a half set, and an
+output folder that already holds a set is replaced only with ``force``. The command line is ``vispre shards``
+(vispre/commands/shards.py).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,8 +21,10 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
+from vispre.data.shard_folder import check_out_dir, recover_interrupted, staged_shard_folder
 from vispre.data.shard_list import INDEX_FORMAT, INDEX_NAME, read_index
 from vispre.errors import VispreError
+from vispre.io import atomic_write_text
 
 IMAGE_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".bmp": "bmp"}
 HEADER_BYTES = 1024  # tar header + padding per member, roughly: the ``max_bytes`` estimate adds it per sample
@@ -105,12 +107,12 @@ def as_shard_sample(index: int, item: Any, image_format: str = "png", quality: i
 
 
 class _IndexedShardWriter:
-    """webdataset's ShardWriter writing ``.PREFIX-NNNNNN.tar.tmp`` files, renamed when each is complete, with
-    the sample count and size of every finished shard recorded for the index."""
+    """webdataset's ShardWriter writing ``PREFIX-NNNNNN.tar`` into the (temp) folder ``out_dir``, with the
+    sample count and size of every finished shard recorded for the index."""
 
     def __init__(self, out_dir: Path, prefix: str, samples_per_shard: int) -> None:
         self.out_dir, self.done = out_dir, []
-        pattern = f"{out_dir}/.{prefix}".replace("%", "%%") + "-%06d.tar.tmp"  # ShardWriter fills in %06d
+        pattern = f"{out_dir}/{prefix}".replace("%", "%%") + "-%06d.tar"  # ShardWriter fills in %06d
         self.args = dict(pattern=pattern, maxcount=samples_per_shard, maxsize=float("inf"), post=self._finished,
                          verbose=0, encoder=False, mtime=0, user="", group="", format="PAX_FORMAT")
         self.writer: wds.ShardWriter | None = None
@@ -129,11 +131,9 @@ class _IndexedShardWriter:
         self.writer.write(record)
         self.count, self.size = self.count + 1, self.size + size
 
-    def _finished(self, tmp_name: str) -> None:
-        tmp = Path(tmp_name)
-        final = tmp.with_name(tmp.name[1:].removesuffix(".tmp"))
-        os.replace(tmp, final)
-        self.done.append({"name": final.name, "samples": self.count, "bytes": final.stat().st_size})
+    def _finished(self, name: str) -> None:
+        shard = Path(name)
+        self.done.append({"name": shard.name, "samples": self.count, "bytes": shard.stat().st_size})
         self.count = self.size = 0
 
     def close(self) -> None:
@@ -141,56 +141,54 @@ class _IndexedShardWriter:
             self.writer.close()
 
     def abort(self) -> None:
-        """Close the shard being written without finishing it, and remove its temp file."""
-        if self.writer is not None and self.writer.tarstream is not None:
+        """Close the shard being written without finishing it (its folder is then removed)."""
+        if self.writer is not None and getattr(self.writer, "tarstream", None) is not None:
             self.writer.tarstream.close()
-            Path(self.writer.fname).unlink(missing_ok=True)
 
 
 def write_shards(samples: Iterable[Any], out_dir: str | Path, samples_per_shard: int = 10_000,
                  max_bytes: int | None = None, prefix: str = "shard", image_format: str = "png",
-                 quality: int = 95, metadata: dict[str, Any] | None = None, progress: bool = True) -> ShardSummary:
+                 quality: int = 95, metadata: dict[str, Any] | None = None, progress: bool = True,
+                 force: bool = False) -> ShardSummary:
     """Write samples (any iterable or map-style dataset; items as in :func:`as_shard_sample`) to shards.
 
     Args:
-        samples: the items. out_dir: created if needed; existing ``PREFIX-*.tar`` and the index are replaced.
+        samples: the items. out_dir: the set's folder (created if needed; other files in it are kept).
         samples_per_shard: at most this many samples per shard. max_bytes: also start a new shard before
             one would pass this size (approximate, image bytes + headers).
         prefix: shard names are ``PREFIX-000000.tar``... image_format, quality: encoding of non-bytes images.
         metadata: extra fields stored in the index JSON (e.g. the source and the class names).
-        progress: show a tqdm bar.
+        progress: show a tqdm bar. force: replace a shard set already in ``out_dir``.
 
     Returns:
         ShardSummary(shards, samples, bytes, index_path).
+
+    Raises:
+        VispreError: bad sizes or keys; ``out_dir`` holds a shard set and not ``force``.
     """
     if samples_per_shard < 1 or (max_bytes is not None and max_bytes < 1):
         raise VispreError(f"samples_per_shard and max_bytes must be >= 1, got {samples_per_shard}, {max_bytes}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / INDEX_NAME).unlink(missing_ok=True)  # the set is incomplete until the new index is written
-    for old in out.glob(f"{prefix}-*.tar"):
-        old.unlink()
-    writer = _IndexedShardWriter(out, prefix, samples_per_shard)
     total = len(samples) if hasattr(samples, "__len__") else None  # type: ignore[arg-type]
     items: Iterator[Any] = (samples[i] for i in range(total)) if hasattr(samples, "__getitem__") and total else iter(samples)
-    try:
-        for index, item in enumerate(tqdm(items, total=total, desc=f"shards -> {out}", disable=not progress)):
-            writer.write(as_shard_sample(index, item, image_format, quality), max_bytes)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    index = {"format": INDEX_FORMAT, "samples": sum(s["samples"] for s in writer.done),
-             "bytes": sum(s["bytes"] for s in writer.done), "shards": writer.done, **(metadata or {})}
-    write_index(out, index)
+    with staged_shard_folder(out_dir, force) as staged:
+        writer = _IndexedShardWriter(staged, prefix, samples_per_shard)
+        try:
+            for index, item in enumerate(tqdm(items, total=total, desc=f"shards -> {out_dir}", disable=not progress)):
+                writer.write(as_shard_sample(index, item, image_format, quality), max_bytes)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        index = {"format": INDEX_FORMAT, "samples": sum(s["samples"] for s in writer.done),
+                 "bytes": sum(s["bytes"] for s in writer.done), "shards": writer.done, **(metadata or {})}
+        write_index(staged, index)
+    out = Path(out_dir)
     return ShardSummary([s["name"] for s in writer.done], index["samples"], index["bytes"], out / INDEX_NAME)
 
 
 def write_index(out_dir: Path, index: dict[str, Any]) -> None:
     """Write ``index.json`` atomically (temp file + rename)."""
-    tmp = out_dir / f".{INDEX_NAME}.tmp"
-    tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(tmp, out_dir / INDEX_NAME)
+    atomic_write_text(Path(out_dir) / INDEX_NAME, json.dumps(index, indent=1) + "\n")
 
 
 def folder_samples(img_dir: str | Path, labels: bool = False) -> tuple[list[Path], list[str]]:
@@ -239,12 +237,17 @@ class FolderItems:
 
 def write_folder_shards(img_dir: str | Path, out_dir: str | Path, labels: bool = False,
                         samples_per_shard: int = 10_000, max_bytes: int | None = None,
-                        progress: bool = True) -> ShardSummary:
-    """Write an image folder as shards (bytes copied; labels from class sub-folders when ``labels``)."""
+                        progress: bool = True, force: bool = False) -> ShardSummary:
+    """Write an image folder as shards (bytes copied; labels from class sub-folders when ``labels``).
+
+    Raises:
+        VispreError: as :func:`folder_samples`; ``out_dir`` holds a shard set and not ``force``.
+    """
     files, classes = folder_samples(img_dir, labels)
     items = FolderItems(Path(img_dir), files, classes if labels else None)
     return write_shards(items, out_dir, samples_per_shard, max_bytes,
-                        metadata={"source": "folder", "classes": classes if labels else None}, progress=progress)
+                        metadata={"source": "folder", "classes": classes if labels else None}, progress=progress,
+                        force=force)
 
 
 def ensure_fashion_mnist_shards(out_dir: str | Path, split: str = "train", image_format: str = "png",
@@ -257,12 +260,14 @@ def ensure_fashion_mnist_shards(out_dir: str | Path, split: str = "train", image
         The summary, or None when nothing was done.
 
     Raises:
-        VispreError: ``out_dir`` holds a set written with other settings (and not ``force``).
+        VispreError: ``out_dir`` holds a set written with other settings, or an incomplete or foreign set
+            (and not ``force``).
     """
     from vispre.data.fashion_mnist import CLASSES, load_fashion_mnist
 
     settings = {"source": "fashion-mnist", "split": split, "image_format": image_format,
                 "samples_per_shard": samples_per_shard}
+    recover_interrupted(Path(out_dir).resolve())
     index = read_index(out_dir)
     if index is not None and not force:
         stored = {k: index.get(k) for k in settings}
@@ -270,12 +275,13 @@ def ensure_fashion_mnist_shards(out_dir: str | Path, split: str = "train", image
             return None
         raise VispreError(f"{out_dir} already holds shards written with {stored}, not {settings}; "
                           "pass --force to rewrite them")
+    check_out_dir(Path(out_dir), force)  # before reading the data: an incomplete or foreign set is refused too
     data = load_fashion_mnist(split, root)
     items = ({"image": encode_image(img, image_format), "label": int(lbl), "key": f"{split}_{i:06d}"}
              for i, (img, lbl) in enumerate(zip(data.images, data.labels)))
     return write_shards(_Sized(items, len(data.labels)), out_dir, samples_per_shard, prefix=f"fmnist-{split}",
                         image_format=image_format, metadata={**settings, "classes": list(CLASSES)},
-                        progress=progress)
+                        progress=progress, force=force)
 
 
 class _Sized:

@@ -5,21 +5,27 @@ machine, more than decoding a 28 px PNG); a shard stream needs only the names an
 this reads the 512-byte headers directly. Formats: POSIX ustar (name prefix), pax extended headers (``path``,
 ``size``; global headers ignored), GNU long names (``L``) and base-256 sizes, archives compressed with gzip,
 bzip2 or xz (detected by magic bytes). Directories, links and other non-regular members are skipped. Every
-header's checksum is verified; a short read raises, so a truncated or corrupt shard is never silently cut.
+header's checksum is verified, and a short read or a stream that ends without the end-of-archive block raises,
+so a truncated or corrupt shard is never silently cut (not even exactly at a member boundary).
+
+:func:`iter_tar_headers` walks the same headers without reading the payloads (it seeks over them in an
+uncompressed local file): what counting a shard's samples at start-up needs.
 """
 
 from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from vispre.errors import VispreError
 
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
+_SEEK_FROM = 1 << 16  # payloads larger than this are seeked over (when the stream can seek), smaller ones read
 _REGULAR = (b"0", b"\0", b"7")  # regular file, old-style regular file, contiguous file
 _COMPRESSED = (  # magic bytes -> reader over a file object
     (b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f)),
@@ -32,11 +38,26 @@ class TarFormatError(VispreError):
     """A tar stream that is truncated or whose header is corrupt."""
 
 
+class TarHeader(NamedTuple):
+    """A regular member as :func:`iter_tar_headers` sees it: its name and payload size in bytes."""
+
+    name: str
+    size: int
+
+
 class _Prefixed:
-    """``read(n)`` over already-read ``head`` bytes followed by ``stream`` (a one-block look-ahead)."""
+    """``read(n)`` over already-read ``head`` bytes followed by ``stream`` (a one-block look-ahead), and
+    ``skip(n)``, which seeks when ``stream`` is a seekable (uncompressed) file."""
 
     def __init__(self, head: bytes, stream: BinaryIO) -> None:
-        self.head, self.stream = head, stream
+        self.head, self.stream, self.end = head, stream, None
+        try:
+            if stream.seekable():
+                here = stream.tell()
+                self.end = stream.seek(0, io.SEEK_END)
+                stream.seek(here)
+        except (AttributeError, OSError):
+            self.end = None
 
     def read(self, size: int = -1) -> bytes:
         if not self.head:
@@ -47,6 +68,29 @@ class _Prefixed:
         out, self.head = self.head, b""
         return out + self.stream.read(-1 if size < 0 else size - len(out))
 
+    def skip(self, size: int) -> int:
+        """Move ``size`` bytes on; returns how many there were (fewer at the end of the stream)."""
+        done = 0
+        if self.head:
+            done = min(size, len(self.head))
+            self.head = self.head[done:]
+        if self.end is None or size - done <= _SEEK_FROM:  # small payloads: reading the buffer beats a seek
+            return done + _skip_by_reading(self.stream, size - done)
+        here = self.stream.tell()
+        step = min(size - done, max(0, self.end - here))
+        self.stream.seek(here + step)
+        return done + step
+
+
+def _skip_by_reading(stream: BinaryIO | _Prefixed, size: int) -> int:
+    done = len(stream.read(size)) if size <= _SEEK_FROM else 0
+    while done < size:
+        chunk = stream.read(min(size - done, 1 << 20))
+        if not chunk:
+            break
+        done += len(chunk)
+    return done
+
 
 def _read_member(stream: BinaryIO | _Prefixed, size: int, what: str) -> bytes:
     """The next ``size`` bytes, then the padding to the next 512-byte block (read and dropped)."""
@@ -55,6 +99,14 @@ def _read_member(stream: BinaryIO | _Prefixed, size: int, what: str) -> bytes:
     if len(data) != size or len(stream.read(padding)) != padding:
         raise TarFormatError(f"unexpected end of tar data in {what} ({size} bytes + {padding} padding)")
     return data
+
+
+def _skip_member(stream: BinaryIO | _Prefixed, size: int, what: str) -> None:
+    """Move past ``size`` bytes and their padding without keeping them (seeking where possible)."""
+    total = size + (-size % BLOCK)
+    skipped = stream.skip(total) if isinstance(stream, _Prefixed) else _skip_by_reading(stream, total)
+    if skipped != total:
+        raise TarFormatError(f"unexpected end of tar data in {what} ({size} bytes + {total - size} padding)")
 
 
 def _number(field: bytes) -> int:
@@ -102,19 +154,18 @@ def _uncompressed(stream: BinaryIO) -> BinaryIO | _Prefixed:
     return _Prefixed(head, stream)
 
 
-def iter_tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
-    """Yield ``(name, data)`` of every regular file in a (possibly compressed) tar stream, in order.
-
-    Raises:
-        TarFormatError: a header checksum does not match, or the stream ends inside a header or a member.
-    """
+def _walk(stream: BinaryIO, with_data: bool) -> Iterator[tuple[str, int, bytes | None]]:
+    """``(name, size, data)`` of every regular member; ``data`` is None when not ``with_data`` (skipped)."""
     source = _uncompressed(stream)
     long_name: str | None = None
     long_size: int | None = None
     while True:
         header = source.read(BLOCK)
-        if not header or header == _ZERO_BLOCK:  # end of archive (end blocks, or EOF at a block boundary)
+        if header == _ZERO_BLOCK:  # end of archive (POSIX writes two zero blocks; one is accepted, as tarfile does)
             return
+        if not header:
+            raise TarFormatError("unexpected end of tar data: no end-of-archive block (the shard was cut, "
+                                 "possibly exactly at a member boundary)")
         if len(header) != BLOCK:
             raise TarFormatError(f"unexpected end of tar data: a {len(header)}-byte header")
         _check_header(header)
@@ -131,9 +182,33 @@ def iter_tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         name = long_name if long_name is not None else _header_name(header)
         size = long_size if long_size is not None else size
         long_name = long_size = None
-        data = _read_member(source, size, f"member {name!r}")
+        if with_data and kind in _REGULAR:
+            yield name, size, _read_member(source, size, f"member {name!r}")
+            continue
+        _skip_member(source, size, f"member {name!r}")
         if kind in _REGULAR:
-            yield name, data
+            yield name, size, None
 
 
-__all__ = ["TarFormatError", "iter_tar_members"]
+def iter_tar_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """Yield ``(name, data)`` of every regular file in a (possibly compressed) tar stream, in order.
+
+    Raises:
+        TarFormatError: a header checksum does not match, or the stream ends inside a header or a member, or
+            without the end-of-archive block.
+    """
+    for name, _, data in _walk(stream, with_data=True):
+        yield name, data  # type: ignore[misc]
+
+
+def iter_tar_headers(stream: BinaryIO) -> Iterator[TarHeader]:
+    """Yield the name and size of every regular file, skipping the payloads (seeks in uncompressed files).
+
+    Raises:
+        TarFormatError: as :func:`iter_tar_members` (a payload cut short is detected from the stream's size).
+    """
+    for name, size, _ in _walk(stream, with_data=False):
+        yield TarHeader(name, size)
+
+
+__all__ = ["TarFormatError", "TarHeader", "iter_tar_headers", "iter_tar_members"]
