@@ -94,3 +94,55 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path: Path)
     assert torch.equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
     assert got[2] == expected[2]
+
+
+def test_stale_temp_files_of_killed_saves_are_removed_at_start_up(tmp_path: Path) -> None:
+    """Issue 16 item 8: a SIGKILL during a save left `.NAME.tmp-PID` files forever."""
+    import os
+    import subprocess
+    import time
+
+    from vispre.callbacks.checkpoint import remove_stale_temp_files
+
+    child = subprocess.Popen(["true"])  # a pid that has exited
+    child.wait()
+    (tmp_path / f".last.ckpt.tmp-{child.pid}").write_bytes(b"half")  # its process is gone
+    old_live = tmp_path / f".epoch=0-step=4.ckpt.tmp-{os.getppid()}"  # live process, written before the run
+    old_live.write_bytes(b"old")
+    os.utime(old_live, (time.time() - 3600, time.time() - 3600))
+    started = time.time() - 60
+    fresh_live = tmp_path / f".last.ckpt.tmp-{os.getppid()}"  # live process, being written now: kept
+    fresh_live.write_bytes(b"writing")
+    keep = [tmp_path / "last.ckpt", tmp_path / ".hidden-notes"]
+    for path in keep:
+        path.write_bytes(b"x")
+    removed = remove_stale_temp_files(tmp_path, older_than=started)
+    assert sorted(p.name for p in removed) == sorted(
+        [f".last.ckpt.tmp-{child.pid}", old_live.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh_live.name, *(p.name for p in keep)])
+
+
+def test_last_ckpt_is_the_newest_checkpoint_after_every_save(tmp_path: Path) -> None:
+    """last.ckpt is written first, the epoch/step file is a hard link to it; the previous one is removed."""
+    import os
+
+    from tests.helpers import tiny_mae
+    from vispre.callbacks.checkpoint import RunCheckpoint
+    from vispre.data.synthetic import SyntheticDataModule
+
+    steps = []
+
+    class Check(L.Callback):
+        def on_train_epoch_end(self, trainer: L.Trainer, *args: object) -> None:
+            files = sorted(p.name for p in tmp_path.iterdir())
+            last = tmp_path / "last.ckpt"
+            named = tmp_path / f"epoch={trainer.current_epoch}-step={trainer.global_step}.ckpt"
+            assert files == [named.name, "last.ckpt"] and os.path.samefile(last, named)
+            steps.append(torch.load(last, weights_only=True)["global_step"])
+
+    (tmp_path / ".last.ckpt.tmp-999999999").write_bytes(b"left by a killed save")
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, plugins=[AtomicCheckpointIO()],
+                        callbacks=[RunCheckpoint(tmp_path), Check()])
+    trainer.fit(tiny_mae(), datamodule=SyntheticDataModule(img_size=32, batch_size=4, num_samples=8))
+    assert steps == [2, 4] and trainer.checkpoint_callback.last_model_path == str(tmp_path / "last.ckpt")

@@ -91,3 +91,36 @@ def test_quickstart_streaming_path_trains_from_real_shards(tmp_path: Path) -> No
     assert "class_path: vispre.data.WebDatasetDataModule" in (run / "config.yaml").read_text()
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 256 // 32  # one worker, 2 shards of 128: every sample once, 8 full batches
+
+
+TINY_RUN = ["--config", str(QUICKSTART), *synthetic_data_args(QUICKSTART), "--model.backbone.init_args.depth=1",
+            "--model.backbone.init_args.embed_dim=48", "--model.backbone.init_args.num_heads=3",
+            "--model.init_args.decoder_dim=32", "--model.init_args.decoder_depth=1", "--trainer.max_epochs=1",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def test_lightning_chatter_does_not_reach_the_output(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 16 item 14: no 'GPU available' / 'TPU available' / litlogger advertisement lines."""
+    assert main(["fit", *TINY_RUN, f"--runs_dir={tmp_path}", "--run_name=q"]) == 0
+    captured = capsys.readouterr()
+    output = captured.out + captured.err + caplog.text
+    for chatter in ("GPU available", "TPU available", "litlogger", "\U0001f4a1", "Tip:"):
+        assert chatter not in output
+    assert (tmp_path / "q" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_fast_dev_run_writes_no_checkpoint_and_no_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *TINY_RUN, "--trainer.fast_dev_run=true", f"--runs_dir={tmp_path / 'runs'}"]) == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_fit_marks_its_run_folder(tmp_path: Path) -> None:
+    """An exception inside Trainer.fit (here: a NaN loss) leaves FAILED with the error line in version_N/."""
+    with pytest.raises(Exception, match="training loss is nan"):
+        main(["fit", *TINY_RUN, "--model.init_args.mask_ratio=0.5", "--trainer.max_epochs=2",
+              "--model.init_args.optimizer.init_args.base_lr=1e30", f"--runs_dir={tmp_path}", "--run_name=f"])
+    failed = (tmp_path / "f" / "version_0" / "FAILED").read_text().splitlines()
+    assert failed[0].startswith("NonFiniteLossError: training loss is nan at global step")
+    assert failed[1].startswith("last checkpoint: ")

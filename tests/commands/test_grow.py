@@ -3,14 +3,19 @@ architecture, exact modes keep the features; bad arguments give one clear error 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.helpers import QUICKSTART_CONFIG as QUICKSTART
 from tests.helpers import synthetic_data_args
+from vispre.backbones.vit import describe_vit
 from vispre.commands import main
+from vispre.commands.config import build_from_config
+from vispre.commands.grow import grown_config_path, run_config_of
 from vispre.hub import load_backbone
 
 TINY = ["--model.backbone.init_args.depth=2", "--model.backbone.init_args.embed_dim=48",
@@ -90,6 +95,61 @@ def test_missing_and_already_grown_checkpoints_are_refused(run_ckpt: Path, tmp_p
     grown = run_ckpt.parent / "grown_once.ckpt"  # beside the run's config.yaml, so the run is found
     assert main(["grow", str(run_ckpt), str(grown), "--depth", "3"]) == 0
     capsys.readouterr()
-    assert main(["grow", str(grown), str(tmp_path / "twice.ckpt"), "--depth", "4"]) == 2
-    assert "holds an already grown backbone" in capsys.readouterr().err
-    grown.unlink()
+    try:
+        # with its own config (written by grow) a grown checkpoint grows again ...
+        assert main(["grow", str(grown), str(tmp_path / "twice.ckpt"), "--depth", "4"]) == 0
+        assert torch.load(tmp_path / "twice.ckpt", weights_only=True)["vispre"]["backbone"]["depth"] == 4
+        # ... without it, the run's config.yaml describes another architecture: refused
+        grown_config_path(grown).unlink()
+        assert main(["grow", str(grown), str(tmp_path / "thrice.ckpt"), "--depth", "5"]) == 2
+        assert "holds an already grown backbone" in capsys.readouterr().err
+    finally:
+        grown.unlink()
+        grown_config_path(grown).unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("spelling", ["same", "relative", "symlink"])
+def test_growing_onto_the_input_is_refused_unless_forced(run_ckpt: Path, tmp_path: Path, spelling: str,
+                                                         capsys: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16 item 7: `vispre grow CKPT CKPT` replaced the run's checkpoint (optimizer state, global step gone)."""
+    run = tmp_path / "run"
+    shutil.copytree(run_ckpt.parents[1], run)  # version_0/: config.yaml + checkpoints/
+    ckpt = run / "checkpoints" / "last.ckpt"
+    before = ckpt.read_bytes()
+    monkeypatch.chdir(run / "checkpoints")
+    out = {"same": ckpt, "relative": Path("../checkpoints/last.ckpt"), "symlink": tmp_path / "link.ckpt"}[spelling]
+    if spelling == "symlink":
+        out.symlink_to(ckpt)
+    assert main(["grow", str(ckpt), str(out), "--depth", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"vispre grow: error: output {out} is the input checkpoint {ckpt}: growing in place would "
+                   "replace the run's checkpoint (optimizer state, global step) by one that no longer matches its "
+                   "config.yaml; write the grown checkpoint elsewhere, or pass --force")
+    assert ckpt.read_bytes() == before and not grown_config_path(ckpt).exists()
+    if spelling == "same":  # --force: replaced, and the config beside it now describes what it holds
+        assert main(["grow", str(ckpt), str(out), "--depth", "3", "--force"]) == 0
+        assert torch.load(ckpt, weights_only=True)["vispre"]["backbone"]["depth"] == 3
+        assert run_config_of(ckpt) == grown_config_path(ckpt)
+
+
+def test_grown_config_describes_and_continues_the_grown_run(run_ckpt: Path, tmp_path: Path) -> None:
+    """The config written beside a grown checkpoint builds the grown architecture with its weights, and
+    `vispre fit --config` of it trains on (issue 16 item 7)."""
+    out = tmp_path / "grown" / "step2.ckpt"
+    assert main(["grow", str(run_ckpt), str(out), "--depth", "3", "--embed_dim", "96"]) == 0
+    config = grown_config_path(out)
+    assert config == tmp_path / "grown" / "step2.config.yaml"
+    backbone = yaml.safe_load(config.read_text())["model"]["init_args"]["backbone"]["init_args"]
+    assert {k: backbone[k] for k in ("depth", "embed_dim", "num_heads")} == {"depth": 3, "embed_dim": 96,
+                                                                             "num_heads": 6}
+    assert backbone["init_from"] == str(out.resolve())
+    model = build_from_config([config]).model
+    saved = torch.load(out, map_location="cpu", weights_only=True)
+    assert describe_vit(model.backbone.vit) == saved["vispre"]["backbone"]
+    for key, value in model.backbone.vit.state_dict().items():
+        assert torch.equal(value, saved["state_dict"][f"backbone.vit.{key}"]), key
+    assert main(["fit", "--config", str(config), "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false",
+                 f"--runs_dir={tmp_path / 'runs'}", "--run_name=cont"]) == 0
+    cont = torch.load(tmp_path / "runs" / "cont" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert cont["vispre"]["backbone"] == saved["vispre"]["backbone"] and cont["global_step"] == 2

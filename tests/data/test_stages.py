@@ -120,3 +120,18 @@ def test_order_is_a_function_of_seed_and_epoch(tmp_path: Path) -> None:
     assert order(0, 1) != order(0, 0) and order(1, 0) != order(0, 0)
     assert order(3, 2, resampled=True) == order(3, 2, resampled=True) != order(3, 1, resampled=True)
     assert torch.tensor(order(0, 0)).unique().numel() == 40
+
+
+@pytest.mark.parametrize("name", ["a.jpg", "dir/a.jpg", "d1/d2/key.seg.PNG", "a", "dir/a", ".hidden", "dir/.hidden",
+                                  "a.", "dir.x/a.cls", "dir.x/a", "a..b", "x/y/z.tar.gz", ""])
+def test_split_member_name_is_webdatasets_base_plus_ext(name: str) -> None:
+    """The key function given to group_by_keys splits every name exactly as webdataset's regex does."""
+    from webdataset.tariterators import base_plus_ext
+
+    from vispre.data.stages import split_member_name
+
+    key, ext = split_member_name(name)
+    want_key, want_ext = base_plus_ext(name)
+    assert key == want_key
+    if want_key is not None:
+        assert ext == want_ext

@@ -11,7 +11,10 @@ held-out accuracy during ``fit``).
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from lightning.pytorch import LightningDataModule
 
@@ -20,9 +23,36 @@ from vispre.commands.config import (CLI_KWARGS, VispreCLI, parse_errors_as_confi
 from vispre.objectives.base import PretrainObjective
 
 
+CHATTER = ("GPU available:", "TPU available:", "HPU available:", "\U0001f4a1", "Tip:", "LOCAL_RANK:",
+           "Loading `train_dataloader` to estimate", "`weights_only` was not set")
+"""Starts of Lightning's informational lines that say nothing about the run (hardware probes, the
+advertisement for its cloud logger)."""
+CHATTY_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                  "lightning.fabric.utilities.rank_zero", "lightning.pytorch.trainer.connectors.checkpoint_connector")
+
+
+class _DropChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).lstrip().startswith(CHATTER)
+
+
+@contextmanager
+def quiet_lightning_chatter() -> Iterator[None]:
+    """Drop :data:`CHATTER` lines from Lightning's loggers (a ``logging.Filter``; warnings and errors pass)."""
+    drop = _DropChatter()
+    loggers = [logging.getLogger(name) for name in CHATTY_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
+
+
 def main(argv: list[str]) -> int:
     """Run ``vispre fit ARGV`` (parse, build, ``Trainer.fit``); returns 0 when the Trainer finished."""
-    with quiet_lightning_cli(), parse_errors_as_config_errors():
+    with quiet_lightning_cli(), parse_errors_as_config_errors(), quiet_lightning_chatter():
         # TensorBoard and CSV logs share one run folder on purpose; the CSV logger's warning about it is noise.
         warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
         VispreCLI(PretrainObjective, LightningDataModule, save_config_kwargs={"overwrite": True},

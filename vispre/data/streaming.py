@@ -36,8 +36,10 @@ from webdataset.tariterators import group_by_keys
 
 from vispre.data.bad_samples import BadSampleCounter, BadSampleLimitError, log
 from vispre.data.preview import PreviewImages, view_normalisation
+from vispre.data.resume import LoaderPosition, position_from_state, position_state, trained_position
+from vispre.data.shard_counts import with_sample_counts
 from vispre.data.shard_list import resolve_shards, shard_hint
-from vispre.data.stages import decode_samples, tar_member_expander
+from vispre.data.stages import decode_samples, split_member_name, tar_member_expander
 from vispre.data.transforms import IMAGENET_MEAN, IMAGENET_STD, MAEView, ViewTransform, resize_center_crop
 from vispre.errors import VispreError
 
@@ -89,7 +91,7 @@ class ShardStream(IterableDataset):
                 shard_stages.append(wds.shuffle(len(self.shards), initial=len(self.shards), rng=rng))
             give_up = None
         sample_stages: list[Any] = [partial(tar_member_expander, handler=handler, give_up_after=give_up),
-                                    partial(group_by_keys, handler=handler)]
+                                    partial(group_by_keys, keys=split_member_name, handler=handler)]
         if self.shuffle_buffer > 1:
             sample_stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng))
         sample_stages.append(partial(decode_samples, decode=self._decode, handler=handler))
@@ -160,25 +162,37 @@ class StreamingLoader:
         num_batches: batches per epoch (the loader stops there; resampled mode) or the expected count.
         stop_at_length: stop after ``num_batches`` (resampled mode). max_bad_fraction: error threshold.
         drop_last: drop each worker's last partial batch.
+
+    ``epoch`` is the number of the next epoch (its shuffle seed); :meth:`resume_at` makes the next epoch
+    continue a checkpoint's position: the trained batches of a part-done epoch are read again and discarded
+    (same shards, same buffer order, so the batches after them are the uninterrupted run's).
     """
 
     def __init__(self, stream: ShardStream, batch_size: int, num_workers: int, num_batches: int,
                  stop_at_length: bool, max_bad_fraction: float = 0.01, drop_last: bool = True) -> None:
         self.stream, self.num_batches, self.stop_at_length = stream, num_batches, stop_at_length
-        self.max_bad_fraction, self.epoch = max_bad_fraction, 0
+        self.max_bad_fraction, self.epoch, self.skip = max_bad_fraction, 0, 0
+        # own generator: creating an iterator (a resumed run does it mid-epoch) must not draw from the global RNG
         self.loader = DataLoader(stream, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
-                                 persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+                                 persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
+                                 generator=torch.Generator().manual_seed(stream.seed))
 
     def __len__(self) -> int:
         return self.num_batches
+
+    def resume_at(self, position: LoaderPosition) -> None:
+        """Make the next epoch start at ``position`` (see :meth:`LoaderPosition.next_start`)."""
+        self.epoch, self.skip = position.next_start(self.num_batches)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         counter = self.stream.counter
         counter.reset(self.epoch)
         self.epoch += 1
+        skip, self.skip = self.skip, 0
         count = 0
         for count, batch in enumerate(self.loader, start=1):
-            yield batch
+            if count > skip:
+                yield batch
             if count % 50 == 0:
                 self.check(final=False)
             if self.stop_at_length and count >= self.num_batches:
@@ -192,6 +206,11 @@ class StreamingLoader:
         if final and bad:
             log.warning("epoch %d: skipped %d bad of %d samples read; first: %s", self.epoch - 1, bad, seen,
                         self.stream.counter.first_error())
+        if final and not self.stop_at_length and (batches > self.num_batches or (batches < self.num_batches
+                                                                                  and not bad)):
+            log.warning("epoch %d: read %d batches where the shards' sample counts (index.json or tar headers) "
+                        "give %d: the shards differ from their recorded counts", self.epoch - 1, batches,
+                        self.num_batches)
         if final and batches == 0 and seen - bad <= 0:
             raise BadSampleLimitError(
                 f"no readable sample in {len(self.stream.shards)} shard(s) ({shard_hint(self.stream.shards)}); "
@@ -255,6 +274,7 @@ class WebDatasetDataModule(L.LightningDataModule):
         self.epoch_samples, self.max_bad_fraction, self.drop_last = epoch_samples, max_bad_fraction, drop_last
         self.shards = resolve_shards(urls)  # fails at start-up on a pattern matching nothing
         self.loader: StreamingLoader | None = None
+        self.resume_position: LoaderPosition | None = None
 
     def _rank(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -264,6 +284,8 @@ class WebDatasetDataModule(L.LightningDataModule):
         if self.loader is not None:
             return
         rank, world_size = self._rank()
+        if not self.resampled and self.shards.counts is None and not self.epoch_samples:
+            self.shards = with_sample_counts(self.shards)  # no index: img2dataset stats or tar headers (cached)
         if self.resampled or self.shards.counts is None:
             if not self.epoch_samples:
                 raise VispreError(f"the shards {shard_hint(self.shards.urls)} have no index.json with sample "
@@ -286,7 +308,22 @@ class WebDatasetDataModule(L.LightningDataModule):
     def train_dataloader(self) -> StreamingLoader:
         self.setup("fit")
         assert self.loader is not None
+        if self.resume_position is not None:
+            self.loader.resume_at(self.resume_position)
+            self.resume_position = None
         return self.loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loader position (epoch, batches trained) saved in every checkpoint: a resumed run continues the
+        epoch's shard / sample order (its shuffle seed) instead of replaying epoch 0."""
+        return position_state(trained_position(getattr(self, "trainer", None)))
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the stream at the checkpoint's position (applied when the loader is handed to the Trainer)."""
+        self.resume_position = position_from_state(state_dict)
+        if self.loader is not None and self.resume_position is not None:
+            self.loader.resume_at(self.resume_position)
+            self.resume_position = None
 
     def preview_images(self, count: int, img_size: int) -> PreviewImages:
         """The first ``count`` readable samples in shard order, resized and centre-cropped (not augmented).
