@@ -1,5 +1,6 @@
-"""vispre.backbones.weights: clear mismatch errors, refusal of pickled objects (without running them), named
-missing files, and the warm start of a backbone (MaskedViT(init_from=...)) that keeps heads fresh."""
+"""vispre.backbones.weights: clear mismatch errors, refusal of pickled objects (without running them, naming the
+global), named missing files, non-checkpoint files named with what was expected, and the warm start of a
+backbone (MaskedViT(init_from=...)) that keeps heads fresh."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 
 from tests.helpers import assert_same_weights, perturbed, tiny_mae, tiny_mae_run, tiny_vit
 from vispre.backbones.vit import describe_vit
-from vispre.backbones.weights import load_into, read_backbone, resolve_checkpoint
+from vispre.backbones.weights import (EXPECTED_FILES, check_torch_file, load_into, read_backbone,
+                                      resolve_checkpoint, safe_torch_load)
 from vispre.errors import VispreError
 from vispre.hub import export_backbone, load_backbone
 from vispre.objectives import MAE
@@ -77,9 +79,47 @@ def test_pickled_objects_are_refused_without_running_them(obj, culprit: str, tmp
     torch.save(obj(tiny_vit().vit.state_dict()), tmp_path / "evil.ckpt")
     with pytest.raises(VispreError) as info:
         load_backbone(tmp_path / "evil.ckpt")
-    assert str(info.value).startswith(f"refusing to load {tmp_path / 'evil.ckpt'}: it contains a pickled Python "
-                                      f"object ({culprit}) that is unsafe to unpickle")
+    assert str(info.value).startswith(f"refusing to load {tmp_path / 'evil.ckpt'}: it is not a plain-tensor "
+                                      f"checkpoint, it pickles the Python global {culprit} (unsafe to unpickle")
+    assert "weights_only" not in str(info.value)  # not torch's hint that unsafe loading would work
     assert not Payload.ran
+
+
+class SystemCall:
+    """Pickles as a call of os.system (the case of issue 16: the refusal names ``posix.system``)."""
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, ("echo should-not-run",))
+
+
+def test_an_os_system_payload_is_named(tmp_path: Path) -> None:
+    torch.save({"state_dict": {}, "x": SystemCall()}, tmp_path / "evil.ckpt")
+    with pytest.raises(VispreError, match=r"it pickles the Python global posix\.system \(unsafe"):
+        safe_torch_load(tmp_path / "evil.ckpt")
+
+
+@pytest.mark.parametrize("content,kind", [
+    (b"hello\n", "a file starting with b'hell'"),
+    (b"", "an empty file"),
+])
+def test_a_file_that_is_not_a_torch_file_names_what_was_expected(content: bytes, kind: str, tmp_path: Path) -> None:
+    """A text file used to reach torch's unpickler and come out as `KeyError: 101`."""
+    (tmp_path / "notes.txt").write_bytes(content)
+    with pytest.raises(VispreError) as info:
+        load_backbone(tmp_path / "notes.txt")
+    assert str(info.value) == (f"{tmp_path / 'notes.txt'} is not a checkpoint ({kind}, not a torch.save file): "
+                               f"expected {EXPECTED_FILES}")
+
+
+def test_both_torch_formats_pass_the_file_check(tmp_path: Path) -> None:
+    state = {"w": torch.arange(3.0)}
+    torch.save(state, tmp_path / "zip.pt")
+    torch.save(state, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert check_torch_file(tmp_path / "zip.pt") is True and check_torch_file(tmp_path / "legacy.pt") is False
+    for name in ("zip.pt", "legacy.pt"):
+        assert torch.equal(safe_torch_load(tmp_path / name, mmap=True)["w"], state["w"])
 
 
 def test_missing_files_and_folders_are_named(tmp_path: Path) -> None:
@@ -88,9 +128,12 @@ def test_missing_files_and_folders_are_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="is a folder without checkpoints/last.ckpt"):
         load_backbone(tmp_path)
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(VispreError, match="garbage.pt is not a readable torch checkpoint of plain tensors: "
-                                          "Unsupported operand"):
+    with pytest.raises(VispreError, match="garbage.pt is not a checkpoint .*: expected a Lightning checkpoint"):
         load_backbone(tmp_path / "garbage.pt")
+    (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 cut short")  # a zip header, then nothing
+    with pytest.raises(VispreError, match=r"cut.pt is not a readable torch checkpoint of plain tensors \(.+\): "
+                                          "expected a Lightning checkpoint"):
+        load_backbone(tmp_path / "cut.pt")
     (tmp_path / "garbage.safetensors").write_bytes(b"not safetensors either")
     with pytest.raises(VispreError, match="garbage.safetensors is not a readable safetensors file"):
         load_backbone(tmp_path / "garbage.safetensors")

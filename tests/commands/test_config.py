@@ -16,11 +16,14 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from tests.helpers import CONFIGS, CPU_TRAINER, QUICKSTART_CONFIG, backbone_args, build_run, synthetic_data_args
 from vispre.callbacks.safety import AtomicCheckpointIO
 from vispre.callbacks.speed import SpeedSwitchboard
-from vispre.commands.config import ConfigError, build_from_config
+from vispre.commands import main
+from vispre.commands.config import ConfigError, build_from_config, read_config_files
+from vispre.errors import VispreError
+from vispre.io import read_yaml
 from vispre.objectives.base import PretrainObjective
 
 # Full run configs (model + data); the fragments under data/, speed/ and eval/ are merged into them instead.
-FRAGMENT_DIRS = {"data", "speed", "eval"}
+FRAGMENT_DIRS = {"data", "speed", "eval", "ablation"}  # ablation/: tools/ablate_objectives.py's lists
 RUN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in FRAGMENT_DIRS)
 SPEED = CONFIGS / "speed"
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1"]
@@ -133,3 +136,38 @@ def test_bf16_compile_switchboard_config(tmp_path: Path) -> None:
     boards = [c for c in built.trainer.callbacks if isinstance(c, SpeedSwitchboard)]
     assert len(boards) == 1 and boards[0].compile and boards[0].matmul_precision == "high"
     assert built.trainer.precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("", "config {path} is empty (expected a YAML mapping of keys to values)"),
+    ("model:\n  class_path: x\n   bad: [\n", "{path}:3:7: YAML syntax error: mapping values are not allowed here"),
+    ("tasks:\n  - ks: [1, 2\n    epochs: 3\n", "{path}:3:11: YAML syntax error: expected ',' or ']', but got ':' "
+                                              "(while parsing a flow sequence started at line 2)"),
+    ("- a\n- b\n", "config {path} holds a YAML list, expected a mapping of keys to values"),
+])
+def test_read_yaml_names_the_file_and_line(text: str, message: str, tmp_path: Path) -> None:
+    """Before: `Unexpected config:` (empty) or `... in "<unicode string>", line 3` (no file) from jsonargparse."""
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(VispreError) as info:
+        read_yaml(path)
+    assert str(info.value) == message.format(path=path)
+    with pytest.raises(VispreError) as info:  # every run-config reader goes through it
+        build_from_config([path])
+    assert str(info.value) == message.format(path=path)
+
+
+def test_read_config_files_reads_both_spellings_and_leaves_inline_yaml(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("x: 1\n")
+    b.write_text("y: 2\n")
+    args = ["--config", str(a), "--trainer.max_epochs=1", f"--config={b}", "--config", "{z: 3}"]
+    assert read_config_files(args) == [{"x": 1}, {"y": 2}]
+
+
+def test_fit_prints_the_yaml_error_once_without_usage(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert main(["fit", "--config", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == f"vispre fit: error: config {path} is empty (expected a YAML mapping " \
+                                              "of keys to values)"

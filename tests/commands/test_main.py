@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from vispre.backbones.weights import EXPECTED_FILES
 from vispre.commands import main
 from vispre.commands.main import COMMANDS, strip_traceback_flag
+from vispre.errors import VispreError
 
 
 def test_unknown_command(capsys: pytest.CaptureFixture) -> None:
@@ -51,3 +53,43 @@ def test_internal_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -
 def test_strip_traceback_flag_keeps_arguments_after_a_double_dash() -> None:
     assert strip_traceback_flag(["fit", "--traceback", "--x=1"]) == (["fit", "--x=1"], True)
     assert strip_traceback_flag(["fit", "--", "--traceback"]) == (["fit", "--", "--traceback"], False)
+
+
+def test_validate_is_unknown_and_the_real_commands_are_listed(capsys: pytest.CaptureFixture) -> None:
+    """`vispre validate` was removed (no objective has a validation step): the line lists what exists."""
+    assert main(["validate"]) == 2
+    assert capsys.readouterr().err.strip() == ("vispre: unknown command 'validate'; expected one of fit, eval, "
+                                               "export, shards, grow, bench")
+
+
+def user_error_argv(command: str, tmp_path: Path) -> list[str]:
+    """A command line of ``command`` that fails on bad input (a file that does not exist)."""
+    missing = str(tmp_path / "nope")
+    return {"fit": ["fit", "--config", missing + ".yaml"], "eval": ["eval", missing, "--config", missing + ".yaml"],
+            "export": ["export", missing + ".ckpt", str(tmp_path / "o.safetensors")],
+            "shards": ["shards", "folder", missing, str(tmp_path / "out")],
+            "grow": ["grow", missing + ".ckpt", str(tmp_path / "g.ckpt"), "--depth=4"],
+            "bench": ["bench", "--config", missing + ".yaml"]}[command]
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_traceback_is_accepted_by_every_command(command: str, where: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """`--traceback` before or after the subcommand name re-raises bad input; without it: one line, exit 2."""
+    argv = user_error_argv(command, tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vispre {command}: error: ") and "nope" in err and len(err.splitlines()) == 1
+    flagged = ["--traceback", *argv] if where == "before" else [argv[0], "--traceback", *argv[1:]]
+    with pytest.raises((FileNotFoundError, VispreError), match="nope"):
+        main(flagged)
+
+
+def test_a_text_file_is_named_with_what_was_expected(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Before: `error: 101` (a KeyError from torch's unpickler), then a 34-line traceback."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello\n")
+    assert main(["export", str(notes), str(tmp_path / "o.safetensors")]) == 2
+    assert capsys.readouterr().err.strip() == (f"vispre export: error: {notes} is not a checkpoint (a file starting "
+                                               f"with b'hell', not a torch.save file): expected {EXPECTED_FILES}")

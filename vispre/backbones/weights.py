@@ -6,7 +6,8 @@ model from a file (``load_backbone``) and writes exports.
 
 Supported files: a vispre run folder (``checkpoints/last.ckpt``), a Lightning ``.ckpt``, a ``.pth``/``.pt``
 state dict (timm, official MAE ``{"model": ...}``, DDP ``module.`` prefixes) and an exported
-``.safetensors`` (+ ``.json`` of timm ``create_model`` arguments). Loading never unpickles arbitrary
+``.safetensors`` (+ ``.json`` of timm ``create_model`` arguments) or timm / Hugging Face folder (``config.json`` +
+``model.safetensors``, :func:`timm_folder_args`). Loading never unpickles arbitrary
 objects: safetensors, or ``torch.load(weights_only=True)``.
 """
 
@@ -57,32 +58,65 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        for candidate in (path / "checkpoints" / "last.ckpt", path / "last.ckpt"):
+        for candidate in (path / "checkpoints" / "last.ckpt", path / "last.ckpt", path / "model.safetensors"):
             if candidate.is_file():
                 return candidate
-        raise FileNotFoundError(f"{path} is a folder without checkpoints/last.ckpt (expected a vispre run folder)")
+        raise FileNotFoundError(f"{path} is a folder without checkpoints/last.ckpt (expected a vispre run folder) "
+                                f"or model.safetensors (a timm / Hugging Face folder)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     return path
 
 
-def safe_torch_load(path: str | Path) -> dict[str, Any]:
-    """``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is refused clearly.
+EXPECTED_FILES = ("a Lightning checkpoint (.ckpt), a torch state dict (.pt/.pth), an exported .safetensors file, "
+                  "a vispre run folder or a timm / Hugging Face folder")
+"""What every weight-reading command accepts (named in its errors)."""
+TORCH_MAGICS = (b"PK\x03\x04", b"\x80")
+"""First bytes of a torch.save file: a zip archive (the default format), or a pickle (the legacy format)."""
+UNSAFE_GLOBAL = re.compile(r"unsupported global:? (?:GLOBAL )?([\w.]+)", re.IGNORECASE)
+
+
+def check_torch_file(path: str | Path) -> bool:
+    """Refuse a file that is not a ``torch.save`` file (a text file, an image...) before torch unpickles it.
+
+    Returns:
+        Whether it is a zip archive (the default format; ``torch.load(mmap=True)`` works on it).
 
     Raises:
-        VispreError: naming the file and, when torch reports it, the Python object it refused to unpickle.
+        VispreError: naming the file and :data:`EXPECTED_FILES`.
     """
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head.startswith(TORCH_MAGICS):
+        kind = "an empty file" if not head else f"a file starting with {head!r}"
+        raise VispreError(f"{path} is not a checkpoint ({kind}, not a torch.save file): expected {EXPECTED_FILES}")
+    return head.startswith(TORCH_MAGICS[0])
+
+
+def safe_torch_load(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """``torch.load(weights_only=True)``; a file that is not a torch file, or needs arbitrary unpickling, is refused.
+
+    Args:
+        path: a ``torch.save`` file. mmap: memory-map the tensors instead of reading them (zip-format files;
+            a legacy file is read whole) — for callers that look at names, shapes and metadata only.
+
+    Raises:
+        VispreError: naming the file and what was expected (:func:`check_torch_file`), or the pickled Python
+            global it refused to import (e.g. ``posix.system``).
+    """
+    is_zip = check_torch_file(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as err:
-        culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, KeyError, ValueError) as err:
+        culprit = UNSAFE_GLOBAL.search(str(err))
         if culprit:
-            raise VispreError(f"refusing to load {path}: it contains a pickled Python object ({culprit.group(1)}) "
-                              f"that is unsafe to unpickle (only tensors and plain containers are accepted; re-save "
-                              f"the weights as safetensors or a plain state dict)") from err
-        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(err), re.DOTALL)
-        detail = reason.group(1) if reason else str(err).strip().splitlines()[0]
-        raise VispreError(f"{path} is not a readable torch checkpoint of plain tensors: {detail}") from err
+            raise VispreError(f"refusing to load {path}: it is not a plain-tensor checkpoint, it pickles the Python "
+                              f"global {culprit.group(1)} (unsafe to unpickle; only tensors and plain containers are "
+                              f"read: re-save the weights as safetensors or a plain state dict)") from err
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip() and "weights_only" not in ln]
+        detail = lines[0] if lines else type(err).__name__
+        raise VispreError(f"{path} is not a readable torch checkpoint of plain tensors ({detail}): expected "
+                          f"{EXPECTED_FILES}") from err
     if not isinstance(obj, dict):
         raise VispreError(f"{path} holds a {type(obj).__name__}, expected a dict of tensors or a checkpoint dict")
     return obj
@@ -118,6 +152,21 @@ def backbone_state_dict(state: dict[str, Tensor], branch: str = "teacher") -> di
     return out
 
 
+def timm_folder_args(weights: Path) -> dict[str, Any] | None:
+    """``create_vit`` arguments of a timm / Hugging Face folder (``config.json`` beside ``model.safetensors``, as
+    ``vispre export RUN OUT_DIR`` and :func:`timm.models.save_for_hf` write): its ``architecture`` and
+    ``model_args`` (a square ``img_size`` as one int). None for any other file."""
+    config = weights.parent / "config.json"
+    if weights.name != "model.safetensors" or not config.is_file():
+        return None
+    cfg = json.loads(config.read_text())
+    args = {"model_name": cfg["architecture"], **cfg.get("model_args", {})}
+    size = args.get("img_size")
+    if isinstance(size, list) and len(size) == 2 and size[0] == size[1]:
+        args["img_size"] = size[0]
+    return args
+
+
 def read_backbone(path: str | Path, branch: str = "teacher") -> BackboneWeights:
     """Backbone weights (timm names) and, when recorded, the ``create_vit`` arguments of any supported file.
 
@@ -132,13 +181,13 @@ def read_backbone(path: str | Path, branch: str = "teacher") -> BackboneWeights:
     path = resolve_checkpoint(path)
     if path.suffix == ".safetensors":
         meta = path.with_suffix(".json")
-        args = json.loads(meta.read_text()) if meta.exists() else None
+        args = json.loads(meta.read_text()) if meta.exists() else timm_folder_args(path)
         if args is not None:
             args.pop("num_classes", None)  # written for plain timm.create_model; create_vit is always headless
         try:
             state = load_file(str(path))
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
-            raise VispreError(f"{path} is not a readable safetensors file: {err}") from err
+            raise VispreError(f"{path} is not a readable safetensors file ({err}): expected {EXPECTED_FILES}") from err
         return BackboneWeights(backbone_state_dict(state, branch), args)
     obj = safe_torch_load(path)
     args = (obj.get("vispre") or {}).get("backbone")
@@ -204,5 +253,6 @@ def init_from_file(vit: VisionTransformer, path: str | Path) -> None:
         raise VispreError(f"cannot initialise the backbone from {path}: {err}") from err
 
 
-__all__ = ["BACKBONE_PREFIXES", "DROPPED_PREFIXES", "BackboneWeights", "backbone_state_dict", "init_from_file",
-           "load_into", "read_backbone", "resample_pos_embed", "resolve_checkpoint", "safe_torch_load"]
+__all__ = ["BACKBONE_PREFIXES", "DROPPED_PREFIXES", "EXPECTED_FILES", "backbone_state_dict", "BackboneWeights",
+           "check_torch_file", "init_from_file", "load_into", "read_backbone", "resample_pos_embed",
+           "resolve_checkpoint", "safe_torch_load", "timm_folder_args"]

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vispre.bench import bench_objective
-from vispre.commands.config import build_from_config, default_precision
+from vispre.commands.checks import check_data_matches_model
+from vispre.commands.config import BuiltRun, build_from_config, default_precision
 from vispre.errors import VispreError
+from vispre.io import atomic_write_text
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -49,7 +51,7 @@ def main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     precision = args.precision or (default_precision() if args.device == "cuda" else "32-true")
-    built = build_from_config(args.config, [f"--{s}" for s in args.set])
+    built = build_checked(args.config, [f"--{s}" for s in args.set])
     batch_size = args.batch_size or config_batch_size(built.config)
     model = built.model
     if args.compile:
@@ -65,6 +67,26 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def build_checked(configs: list[str], overrides: list[str]) -> BuiltRun:
+    """The configs' objective, with its image size / channels checked against the data's view
+    (:func:`vispre.commands.checks.check_data_matches_model`) when the data module can be built here.
+
+    Benching needs no data files: when the data module cannot be built (shards absent on this machine), the
+    check is skipped with a note on stderr.
+
+    Raises:
+        VispreError: the configs do not build, or the model does not fit the data's images.
+    """
+    try:
+        built = build_from_config(configs, overrides, data=True)
+    except (VispreError, FileNotFoundError) as err:
+        built = build_from_config(configs, overrides)  # a model error raises again here, as itself
+        print(f"vispre bench: note: data not built ({err}); model/data shapes not checked", file=sys.stderr)
+        return built
+    check_data_matches_model(built.model, built.datamodule)
+    return built
+
+
 def config_batch_size(config: Any) -> int:
     """``data.init_args.batch_size`` of a parsed run config (overrides applied).
 
@@ -78,8 +100,6 @@ def config_batch_size(config: Any) -> int:
 
 
 def write_json_atomically(path: Path, rows: list[dict]) -> None:
-    """Write rows as JSON via a temporary file + rename."""
+    """Write rows as JSON via a temporary file + rename (:func:`vispre.io.atomic_write_text`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(rows, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(rows, indent=2) + "\n")

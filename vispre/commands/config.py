@@ -21,12 +21,15 @@ import torch
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from vispre.callbacks.checkpoint import RunCheckpoint
 from vispre.callbacks.safety import AtomicCheckpointIO, NonFiniteLossGuard, RNGStateCheckpoint
+from vispre.commands.checks import check_data_matches_model, check_resume, read_resume_checkpoint
 from vispre.errors import VispreError
+from vispre.io import read_yaml
 from vispre.objectives.base import PretrainObjective
 
 
@@ -70,6 +73,24 @@ class VispreCLI(LightningCLI):
                             help="run folder name (default: the config file's stem)")
         parser.add_argument("--runs_dir", type=str, default="runs", help="parent folder of all runs")
 
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """Read every ``--config`` file first (:func:`read_config_files`: an empty or malformed YAML names the
+        file and line), then parse as LightningCLI does."""
+        if isinstance(args, (list, tuple)):
+            read_config_files(args)
+        super().parse_arguments(parser, args)
+        # read --ckpt_path safely before LightningCLI unpickles it for hyper-parameters (a text file or a pickled
+        # object is then one line naming the file, not a traceback); compared with the model in before_fit
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        self.resume_checkpoint = read_resume_checkpoint(ckpt_path)
+
+    def before_fit(self) -> None:
+        """Start-up checks before ``Trainer.fit`` (:mod:`vispre.commands.checks`): the backbone's image size and
+        channels against the data's view, and a ``--ckpt_path`` against the model the config builds."""
+        check_data_matches_model(self.model, self.datamodule)
+        check_resume(self.model, self.resume_checkpoint)
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         name = config.get("run_name") or _config_stem(config) or type(self.model).__name__.lower()
@@ -80,12 +101,9 @@ class VispreCLI(LightningCLI):
         from_yaml = self.config_init.get(f"{self.subcommand}.trainer" if self.subcommand else "trainer") or {}
         callbacks = _as_list(kwargs.get("callbacks") or from_yaml.get("callbacks"))
         checkpointing = from_yaml.get("enable_checkpointing") is not False
-        if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-            # save_top_k=1: with 0, Lightning writes last.ckpt only when fit ends (a killed run keeps nothing)
-            # explicit dirpath: with fast_dev_run Lightning swaps the loggers out and would fall back to
-            # ./checkpoints (its on_train_end still writes last.ckpt there)
-            callbacks.append(ModelCheckpoint(dirpath=Path(tensorboard.log_dir) / "checkpoints", save_last=True,
-                                             save_top_k=1))
+        if checkpointing and not any(isinstance(c, Checkpoint) for c in callbacks):
+            # last.ckpt (always the newest) + epoch=E-step=S.ckpt at each epoch's last batch; see RunCheckpoint
+            callbacks.append(RunCheckpoint(Path(tensorboard.log_dir) / "checkpoints"))
         callbacks += [cls() for cls in (NonFiniteLossGuard, RNGStateCheckpoint)
                       if not any(isinstance(c, cls) for c in callbacks)]
         kwargs["callbacks"] = callbacks
@@ -153,15 +171,37 @@ def build_from_config(config_paths: Sequence[str | Path], overrides: Sequence[st
         ConfigError: the configs or overrides do not parse (one line naming the key). FileNotFoundError: a
             config file does not exist. VispreError: a constructor rejected a value.
     """
-    for path in config_paths:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"config {path} does not exist")
     args = [*(a for path in config_paths for a in ("--config", str(path))), *overrides]
     with quiet_lightning_cli(), parse_errors_as_config_errors():
         built = _RunBuilder(build_data=data, build_trainer=trainer, model_class=PretrainObjective,
                             save_config_callback=None, trainer_defaults=trainer_defaults(), run=False,
                             args=args, **CLI_KWARGS)
     return BuiltRun(built.model, built.datamodule, built.trainer, built.config)
+
+
+def read_config_files(args: Sequence[str]) -> list[dict[str, Any]]:
+    """Read the YAML of every ``--config PATH`` / ``--config=PATH`` in a command line (:func:`vispre.io.read_yaml`),
+    so a missing, empty or malformed file is named (with its line) before jsonargparse reports it without the
+    file. An inline YAML string (jsonargparse accepts one) is left to the parser.
+
+    Returns:
+        The configs' top-level mappings, in command-line order.
+
+    Raises:
+        FileNotFoundError: ``config PATH does not exist``. VispreError: ``PATH:LINE:COLUMN: YAML syntax error:
+            ...``, or ``config PATH is empty ...``.
+    """
+    values = []
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            values.append(str(args[i + 1]))
+        elif arg.startswith("--config="):
+            values.append(arg.split("=", 1)[1])
+    return [read_yaml(value) for value in values if not _inline_yaml(value)]
+
+
+def _inline_yaml(value: str) -> bool:
+    return "\n" in value or value.lstrip().startswith(("{", "["))
 
 
 @contextmanager
@@ -225,4 +265,5 @@ def _config_stem(config: Any) -> str | None:
 
 
 __all__ = ["BuiltRun", "CLI_KWARGS", "ConfigError", "VispreCLI", "build_from_config", "default_precision",
-           "parse_errors_as_config_errors", "quiet_lightning_cli", "summarize_parse_error", "trainer_defaults"]
+           "parse_errors_as_config_errors", "quiet_lightning_cli", "read_config_files", "summarize_parse_error",
+           "trainer_defaults"]

@@ -80,10 +80,13 @@ class PretrainObjective(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the backbone architecture (also after growth) so a checkpoint can be loaded alone.
 
-        ``checkpoint["vispre"]`` = ``{"objective", "backbone": describe_vit(...)}``, merged with what callbacks
-        wrote there before (the GrowthCallback's ``"growth"`` record, see docs/growth.md).
+        ``checkpoint["vispre"]`` = ``{"objective": class name, "objective_class": module.class path, "backbone":
+        describe_vit(...)}``, merged with what callbacks wrote there before (the GrowthCallback's ``"growth"``
+        record, see docs/growth.md).
         """
-        checkpoint.setdefault("vispre", {}).update(objective=type(self).__name__,
+        cls = type(self)
+        checkpoint.setdefault("vispre", {}).update(objective=cls.__name__,
+                                                   objective_class=f"{cls.__module__}.{cls.__qualname__}",
                                                    backbone=describe_vit(self.backbone.vit))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
