@@ -4,6 +4,8 @@ checkpoint, export, timm/MAE-style state dicts), the top-level ``vispre.load_bac
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,9 +129,10 @@ def test_top_level_api(mae_run: tuple[MAE, Path], tmp_path: Path) -> None:
     assert {"load_backbone", "export_backbone", "OBJECTIVES", "VispreError", "create_vit"} <= set(vispre.__all__)
 
 
-def test_export_target_must_be_safetensors(mae_run: tuple[MAE, Path], tmp_path: Path) -> None:
+def test_export_target_must_be_safetensors_or_a_folder(mae_run: tuple[MAE, Path], tmp_path: Path) -> None:
     _, run = mae_run
-    with pytest.raises(vispre.VispreError, match="export target must end in .safetensors, got b.pt"):
+    with pytest.raises(vispre.VispreError, match=r"export target must end in .safetensors \(a file\) or have no "
+                                                 r"suffix \(a timm / Hugging Face folder\), got b.pt"):
         export_backbone(run, tmp_path / "b.pt")
     assert not (tmp_path / "b.pt").exists()
 
@@ -143,3 +146,91 @@ def test_load_backbone_from_a_real_lightning_checkpoint(tmp_path: Path) -> None:
     trainer.save_checkpoint(tmp_path / "real.ckpt")
     vit = load_backbone(tmp_path / "real.ckpt")
     assert_same_weights(vit, mae.backbone.vit)
+
+
+def test_folder_export_loads_in_plain_timm_by_name_alone_without_warnings(
+        mae_run: tuple[MAE, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    mae, run = mae_run
+    out = export_backbone(run, tmp_path / "exports" / "tiny")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((out / "config.json").read_text())
+    cfg = config["pretrained_cfg"]
+    assert config["architecture"] == "vit_tiny_patch16_224" and config["num_classes"] == 0
+    assert config["global_pool"] == "token" and config["model_args"]["embed_dim"] == 32
+    assert cfg["input_size"] == [3, 32, 32] and cfg["num_classes"] == 0 and cfg["crop_pct"] == 1.0
+    assert cfg["mean"] == [0.485, 0.456, 0.406] and "tag" not in cfg and "license" not in cfg  # no run config: ImageNet
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
+        warnings.simplefilter("error")
+        plain = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert type(plain) is VisionTransformer and plain.num_classes == 0
+    ours = vispre.load_backbone(run)
+    with torch.no_grad():
+        assert (plain(X) - ours(X)).abs().max().item() <= 1e-6  # the pooled embedding
+        assert (plain.forward_features(X) - ours.forward_features(X)).abs().max().item() <= 1e-6
+    assert_same_weights(load_backbone(out), mae.backbone.vit)  # vispre reads the folder too
+    assert not list(out.parent.glob(".*tmp*"))
+
+
+def test_grey_folder_export_records_the_runs_normalisation_and_timm_reads_it(tmp_path: Path) -> None:
+    backbone = perturbed(tiny_vit(img_size=28, patch_size=7, in_chans=1))
+    run = tmp_path / "run"
+    lightning_checkpoint(tiny_mae(backbone), run / "checkpoints" / "last.ckpt")
+    (run / "config.yaml").write_text(
+        "seed_everything: 0\ntrainer: {max_steps: 60}\n"
+        "model: {class_path: vispre.objectives.MAE, init_args: {mask_ratio: 0.5}}\n"
+        "data: {class_path: vispre.data.FashionMNISTDataModule, init_args: {batch_size: 256, view: null}}\n")
+    (run / "report.json").write_text(json.dumps({"backbone": str(run), "tasks": {"fashion_mnist": {
+        "pooled": {"feature": "pooled", "global_pool": "token", "knn_top1": 0.5, "knn_variant": "pooled", "knn_k": 20,
+                   "linear_top1": 0.6, "linear_lr": 0.1, "linear_weight_decay": 0.0},
+        "knn_top1": 0.7, "knn_feature": "patches", "knn_k": 20, "linear_top1": 0.8, "linear_feature": "patches",
+        "linear_lr": 0.1, "linear_weight_decay": 0.0, "linear_optimizer": "sgd"}}}))
+    out = export_backbone(run, tmp_path / "grey")
+    cfg = json.loads((out / "config.json").read_text())["pretrained_cfg"]
+    assert cfg["input_size"] == [1, 28, 28] and cfg["mean"] == [0.286] and cfg["std"] == [0.353]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no channel-adaptation warning for a grey model
+        plain = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    data_cfg = timm.data.resolve_data_config({}, model=plain)
+    assert data_cfg["input_size"] == (1, 28, 28) and tuple(data_cfg["mean"]) == (0.286,)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert (plain(x) - backbone.vit.eval()(x)).abs().max().item() <= 1e-6
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: timm\n") and "Fashion-MNIST's (the data module of" in card
+    assert "- objective: `MAE`" in card and "- data: `FashionMNISTDataModule`" in card
+    assert "| fashion_mnist | pooled (timm embedding, global_pool=token) | 0.5000 |" in card  # the evaluation table
+    assert f'timm.create_model("local-dir:{out}", pretrained=True)' in card
+
+
+def test_folder_export_refuses_a_non_empty_folder_and_checks_the_normalisation(mae_run: tuple[MAE, Path],
+                                                                               tmp_path: Path) -> None:
+    _, run = mae_run
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(vispre.VispreError, match="export folder .*taken exists and is not empty: choose another folder "
+                                                 "or pass --force"):
+        export_backbone(run, out)
+    assert (out / "notes.txt").read_text() == "mine"
+    with pytest.raises(vispre.VispreError, match=r"mean \[0.5\] / std \[0.5\] \(given on the command line\) need one "
+                                                 r"value per channel: the backbone has in_chans=3"):
+        export_backbone(run, tmp_path / "new", mean=[0.5], std=[0.5])
+    with pytest.raises(vispre.VispreError, match="give both mean and std"):
+        export_backbone(run, tmp_path / "new", mean=[0.5, 0.5, 0.5])
+    export_backbone(run, out, force=True, mean=[0.5] * 3, std=[0.25] * 3)
+    assert not (out / "notes.txt").exists()
+    assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["std"] == [0.25] * 3
+
+
+def test_subnet_folder_export_is_a_standalone_timm_model(tmp_path: Path) -> None:
+    from vispre.growth.subnet import SubnetSpec, extract_subnet
+
+    backbone = perturbed(tiny_vit(depth=4, embed_dim=64, num_heads=4))
+    lightning_checkpoint(tiny_mae(backbone), tmp_path / "a.ckpt")
+    out = export_backbone(tmp_path / "a.ckpt", tmp_path / "sub", subnet=SubnetSpec(depth=2, embed_dim=32))
+    plain = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    small = extract_subnet(backbone.vit, SubnetSpec(depth=2, embed_dim=32)).eval()
+    assert len(plain.blocks) == 2 and plain.embed_dim == 32
+    with torch.no_grad():
+        assert (plain(X) - small(X)).abs().max().item() <= 1e-6

@@ -62,3 +62,25 @@ def test_vispre_eval_bad_config_is_one_line(tmp_path: Path, capsys: pytest.Captu
     err = capsys.readouterr().err
     assert "vispre eval: error: task 'x': report_k 7 is not among ks [10, 20, 100, 200]" in err
     assert "Traceback" not in err
+
+
+def test_vispre_eval_yaml_syntax_error_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Before: a 67-line traceback ending in `in "<unicode string>", line 4, column 11`."""
+    config = tmp_path / "eval.yaml"
+    config.write_text("tasks:\n  - name: a\n    ks: [1, 2\n    epochs: 3\n")
+    lightning_checkpoint(tiny_mae(fmnist_vit()), tmp_path / "a.ckpt")
+    assert main(["eval", str(tmp_path / "a.ckpt"), "--config", str(config)]) == 2
+    assert capsys.readouterr().err.strip() == (f"vispre eval: error: {config}:4:11: YAML syntax error: expected ',' "
+                                               "or ']', but got ':' (while parsing a flow sequence started at line 3)")
+
+
+def test_vispre_eval_on_a_text_file_names_what_was_expected(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Before: `KeyError: 101` from torch's unpickler, with a 34-line traceback."""
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump({"tasks": [{"name": "x", "dataset": "fashion_mnist", **FAST}]}))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello\n")
+    assert main(["eval", str(notes), "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vispre eval: error: {notes} is not a checkpoint (a file starting with b'hell', not a "
+                          "torch.save file): expected a Lightning checkpoint (.ckpt)") and len(err.splitlines()) == 1

@@ -54,8 +54,9 @@ def test_run_suite_leaves_the_backbone_bit_identical() -> None:
     task = report["tasks"]["fashion_mnist"]
     assert report["backbone"] == "tiny"
     assert 0.1 < task["knn_top1"] <= 1.0 and 0.1 < task["linear_top1"] <= 1.0  # 10 classes: chance is 0.1
-    assert set(task["knn"]) == {"cls", "cls+zscore", "grid2", "grid2+zscore"}  # every feature x preprocessing
-    assert task["knn_feature"] in task["knn"] and set(task["linear"]) == {"cls", "grid2"}
+    # every feature x preprocessing; pooled is always evaluated
+    assert set(task["knn"]) == {"pooled", "pooled+zscore", "cls", "cls+zscore", "grid2", "grid2+zscore"}
+    assert task["knn_feature"] in task["knn"] and set(task["linear"]) == {"pooled", "cls", "grid2"}
     best_val = max(row["val_top1"] for row in task["knn"].values())
     assert task["knn"][task["knn_feature"]]["val_top1"] == best_val  # selected on val
     assert task["knn_top1"] == task["knn"][task["knn_feature"]]["k20"]
@@ -243,9 +244,87 @@ def test_bench_probe_runs_end_to_end_on_a_tiny_backbone(tmp_path: Path) -> None:
     assert bench.main(["--ckpt", str(export), "--config", str(config), "--limit-train", "300", "--limit-test", "100",
                        "--budget-factor", "0.01", "--threads", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["train_images"] == 300 and result["sweep"]["heads"] == 2 and result["sweep_cls"]["heads"] == 1
+    # the sweep: pooled (always evaluated) + cls + mean, x 1 lr x 1 wd
+    assert result["train_images"] == 300 and result["sweep"]["heads"] == 3 and result["sweep_cls"]["heads"] == 1
     assert result["sweep_cls"]["features"] == ["cls"] and "x the sweep's" in result["budget"]
     conventional = result["conventional"]
     assert conventional["epochs"] >= 1 and len(conventional["epoch_seconds"]) == len(conventional["curve"])
     assert conventional["test_top1"] == conventional["curve"][-1][1] and 0 <= conventional["test_top1"] <= 1
     assert "| vispre cached sweep |" in result["markdown"] and out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_every_task_reports_the_pooled_row_selected_on_val() -> None:
+    """`pooled` (the timm embedding) is evaluated even when `features` omits it, with the same selection rules."""
+    vit = fmnist_vit().vit
+    task = EvalTask(limit_train=600, limit_test=200, features=("cls",), few_shot_shots=(1, 5), few_shot_draws=2,
+                    **FAST)
+    assert task.features == ("pooled", "cls")
+    entry = run_suite(vit, [task], "tiny")["tasks"]["fashion_mnist"]
+    pooled = entry["pooled"]
+    assert pooled["feature"] == "pooled" and pooled["global_pool"] == "token" and pooled["knn_k"] == 20
+    variants = {k: v for k, v in entry["knn"].items() if k.startswith("pooled")}
+    assert set(variants) == {"pooled", "pooled+zscore"}
+    assert pooled["knn_variant"] == max(variants, key=lambda k: variants[k]["val_top1"])  # on val, not test
+    assert pooled["knn_top1"] == variants[pooled["knn_variant"]]["k20"]
+    assert pooled["linear_top1"] == entry["linear"]["pooled"]["test_top1"]
+    assert (pooled["linear_lr"], pooled["linear_weight_decay"]) == (entry["linear"]["pooled"]["lr"],
+                                                                    entry["linear"]["pooled"]["weight_decay"])
+    assert set(entry["few_shot"]) == {"1", "5"} and entry["few_shot_feature"] == "pooled"
+    assert entry["few_shot"]["5"]["draws"] == 2 and 0.0 <= entry["few_shot"]["5"]["linear_mean"] <= 1.0
+    assert "fixed hyper-parameters" in entry["few_shot_protocol"]
+    assert entry["_plot"]["class_names"][0] == "T-shirt/top"  # Fashion-MNIST's names reach the plots
+
+
+def test_few_shot_can_be_disabled_or_use_another_feature() -> None:
+    assert "few_shot" not in evaluate_task(fmnist_vit().vit, EvalTask(limit_train=300, limit_test=100,
+                                                                      features=("cls",), few_shot_shots=(), **FAST))
+    task = EvalTask(features=("mean",), few_shot_feature="cls", **FAST)
+    assert task.features == ("pooled", "mean", "cls")  # the few-shot feature is extracted too
+    with pytest.raises(VispreError, match="unknown few_shot_feature 'clss'"):
+        EvalTask(few_shot_feature="clss")
+    with pytest.raises(VispreError, match=r"few_shot_shots must be images per class >= 1 .* got \[0\] and 5"):
+        EvalTask(few_shot_shots=[0])
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("epochs", "abc", "epochs must be an integer, got 'abc' (str)"),
+    ("ks", 5, "ks must be a list of integers, got 5 (int)"),
+    ("lrs", ["a"], "lrs must be a list of numbers, got ['a'] (list)"),
+    ("limit_train", 0.5, "limit_train must be an integer or null, got 0.5 (float)"),
+    ("few_shot_shots", [1, "5"], "few_shot_shots must be a list of integers, got [1, '5'] (list)"),
+    ("skip_bad_images", "yes", "skip_bad_images must be true or false, got 'yes' (str)"),
+    ("root", 3, "root must be a string or null, got 3 (int)"),
+])
+def test_task_field_types_are_checked_when_the_yaml_is_read(tmp_path: Path, field: str, value: object,
+                                                            expected: str) -> None:
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump({"tasks": [{"name": "mine", field: value}]}))
+    with pytest.raises(VispreError) as err:
+        load_tasks(config)
+    assert str(err.value) == f"task 'mine': {expected}"
+
+
+def test_a_wrong_field_type_stops_vispre_eval_before_any_feature_extraction(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    from vispre.commands import main
+
+    lightning_checkpoint(tiny_mae(fmnist_vit()), tmp_path / "a.ckpt")
+    config = tmp_path / "eval.yaml"
+    config.write_text("cache_dir: " + str(tmp_path / "cache") + "\ntasks:\n  - name: fm\n    epochs: abc\n")
+    assert main(["eval", str(tmp_path / "a.ckpt"), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "vispre eval: error: task 'fm': epochs must be an integer, got 'abc' (str)" in err
+    assert "Traceback" not in err and not (tmp_path / "cache").exists()  # nothing extracted
+
+
+def test_few_shot_counts_above_the_smallest_class_are_skipped_not_fatal() -> None:
+    """A small image-folder-like set (4 images in some class) with the default shots: 1 runs, 5 and 10 are
+    skipped and listed (the default must not stop an evaluation of a small set)."""
+    from vispre.eval.suite import feasible_shots
+
+    labels = torch.tensor([0] * 4 + [1] * 12 + [2] * 30)
+    assert feasible_shots((1, 5, 10), labels, 3, "small") == [1]
+    assert feasible_shots((1, 5, 10), torch.tensor([0] * 10 + [1] * 10), 2, "ok") == [1, 5, 10]
+    entry = evaluate_task(fmnist_vit().vit, EvalTask(limit_train=40, limit_test=40, features=("cls",),
+                                                     few_shot_shots=(1, 50), few_shot_draws=1, **FAST))
+    assert set(entry["few_shot"]) == {"1"} and entry["few_shot_skipped"] == [50]

@@ -1,4 +1,5 @@
-"""Frozen-feature extraction (one pass, several feature choices) with an on-disk cache.
+"""Frozen-feature choices computed in one backbone pass per batch (the extraction loop, streaming and cache:
+vispre.eval.extraction; in-memory wrappers here: extract_features, cached_features).
 
 Feature choices, all from a frozen timm ViT (``forward_intermediates`` with the final norm applied):
     pooled      what the exported timm model returns as its embedding: ``forward_head(forward_features(x),
@@ -15,17 +16,13 @@ Feature choices, all from a frozen timm ViT (``forward_intermediates`` with the 
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from vispre.data.transforms import EvalView, ViewTransform
 from vispre.errors import VispreError
@@ -33,8 +30,8 @@ from vispre.errors import VispreError
 FEATURE_CHOICES = ("pooled", "cls", "mean", "cls_mean", "last4", "grid2", "patches")
 
 
-def _token_features(vit: VisionTransformer, images: Tensor, choices: Sequence[str]) -> dict[str, Tensor]:
-    """[B, C, H, W] -> {choice: [B, D_choice]} for one batch."""
+def token_features(vit: VisionTransformer, images: Tensor, choices: Sequence[str]) -> dict[str, Tensor]:
+    """[B, C, H, W] images (normalised) -> {choice: [B, D_choice]} for one batch (see the module docstring)."""
     depth = len(vit.blocks)
     n = min(4, depth)
     has_prefix = vit.num_prefix_tokens > 0  # timm returns bare patch tokens when there are no prefix tokens
@@ -72,72 +69,46 @@ def _token_features(vit: VisionTransformer, images: Tensor, choices: Sequence[st
     return out
 
 
-def _apply_view(view: ViewTransform, images: Tensor) -> Tensor:
+def apply_view(view: ViewTransform, images: Tensor) -> Tensor:
     """[B, C, H, W] -> [B, C', h, w]; EvalView (deterministic, per-image ops) runs on the whole batch at once."""
     if isinstance(view, EvalView):
         return view(images)[0]
     return torch.stack([view(img)[0] for img in images])
 
 
-@torch.inference_mode()
 def extract_features(vit: VisionTransformer, images: Tensor, view: ViewTransform,
                      choices: Sequence[str] = FEATURE_CHOICES, batch_size: int = 512,
                      desc: str = "features") -> dict[str, Tensor]:
-    """Run the frozen backbone once over ``images`` and return every feature choice.
+    """Run the frozen backbone once over in-memory ``images`` and return every feature choice (no cache).
 
     Args:
         vit: timm VisionTransformer (put in eval mode for the pass, mode restored after).
         images: [N, C, H, W] uint8 images.
-        view: deterministic view transform (e.g. EvalView) applied per image.
+        view: deterministic view transform (e.g. EvalView) applied per batch.
         choices: subset of FEATURE_CHOICES.
         batch_size: images per forward pass.
 
     Returns:
         {choice: [N, D_choice] float32}.
     """
-    device = next(vit.parameters()).device
-    was_training = vit.training
-    vit.eval()
-    chunks: dict[str, list[Tensor]] = {c: [] for c in choices}
-    for start in tqdm(range(0, images.shape[0], batch_size), desc=desc, leave=False):
-        batch = _apply_view(view, images[start: start + batch_size]).to(device)
-        for choice, feats in _token_features(vit, batch, choices).items():
-            chunks[choice].append(feats.float().cpu())
-    vit.train(was_training)
-    return {c: torch.cat(v) for c, v in chunks.items()}
-
-
-def _digest(tensor: Tensor) -> bytes:
-    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-
-
-def cache_key(vit: VisionTransformer, *parts: object) -> str:
-    """sha256 over the backbone's parameters and buffers and the given descriptors (tensors by content, the
-    rest by repr: split, transform...)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(vit.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(_digest(tensor))
-    for part in parts:
-        digest.update(_digest(part) if isinstance(part, Tensor) else repr(part).encode())
-    return digest.hexdigest()[:24]
+    return cached_features(vit, images, view, None, (), choices, desc=desc, batch_size=batch_size)
 
 
 def cached_features(vit: VisionTransformer, images: Tensor, view: ViewTransform, cache_dir: str | Path | None,
                     key_parts: Sequence[object], choices: Sequence[str] = FEATURE_CHOICES,
-                    desc: str = "features") -> dict[str, Tensor]:
-    """:func:`extract_features`, reusing ``<cache_dir>/<key>.safetensors`` when present (written atomically).
+                    desc: str = "features", batch_size: int = 512) -> dict[str, Tensor]:
+    """:func:`extract_features` for images already in memory, reusing ``<cache_dir>/<key>.safetensors``.
 
-    The key covers the weights, the images' content, the view, the choices and ``key_parts``.
+    The key covers the weights, the images' content (an in-memory tensor has no other identity; the suite's
+    datasets are keyed by their files instead, see vispre.eval.extraction), the view, the choices and
+    ``key_parts``.
     """
-    if cache_dir is None:
-        return extract_features(vit, images, view, choices, desc=desc)
-    path = Path(cache_dir) / f"{cache_key(vit, tuple(choices), images, *key_parts)}.safetensors"
-    if path.exists():
-        return load_file(str(path))
-    feats = extract_features(vit, images, view, choices, desc=desc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in feats.items()}, str(tmp))
-    tmp.replace(path)
-    return feats
+    from vispre.eval.datasets import tensor_source  # the streamed extractor builds on this module
+    from vispre.eval.extraction import extract_split
+
+    split = extract_split(vit, tensor_source(images), view, choices, cache_dir=cache_dir,
+                          key_parts=[repr(p) for p in key_parts], batch_size=batch_size, desc=desc)
+    return split.features
+
+
+_token_features = token_features  # the name tests/eval/test_features.py imports

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vispre.eval.knn import default_device
 from vispre.optim.lars import trust_ratio
 
 OPTIMIZERS = ("sgd", "lars")
@@ -47,8 +48,9 @@ class LinearHeads(NamedTuple):
     bias: Tensor
 
     def predict(self, x: Tensor) -> Tensor:
-        """[N, D] raw features -> [H, N] predicted labels."""
-        return head_logits((x.float() - self.mean) / self.std, self.weight, self.bias).argmax(-1).T
+        """[N, D] raw features (any device) -> [H, N] predicted labels (on the CPU)."""
+        x = x.to(self.weight.device).float()
+        return head_logits((x - self.mean) / self.std, self.weight, self.bias).argmax(-1).T.cpu()
 
 
 class FeatureBest(NamedTuple):
@@ -88,7 +90,8 @@ def head_logits(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 def train_linear_heads(features: Mapping[str, Tensor], labels: Tensor, num_classes: int, lrs: Tensor, wds: Tensor,
                        epochs: int = 20, batch_size: int = 1024, momentum: float = 0.9, optimizer: str = "sgd",
-                       seed: int = 0, progress: bool = True) -> dict[str, LinearHeads]:
+                       seed: int = 0, progress: bool = True,
+                       device: str | torch.device | None = None) -> dict[str, LinearHeads]:
     """Train H heads on every feature choice at once over the same mini-batches, cosine lr, momentum.
 
     Args:
@@ -96,26 +99,30 @@ def train_linear_heads(features: Mapping[str, Tensor], labels: Tensor, num_class
         labels: [N] int64 in [0, num_classes).
         lrs, wds: [H] learning rate and weight decay of each head (the same grid for every choice).
         optimizer: "sgd" (momentum SGD, zero init) or "lars" (MAE protocol: trust ratio on weights, 0.01-std init).
+        device: where the heads train (default: CUDA when present, else CPU); the random draws stay on the
+            CPU generator, so the schedule is the same on either.
 
     Returns:
-        {choice: LinearHeads}.
+        {choice: LinearHeads} (tensors on ``device``).
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown probe optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
+    dev = torch.device(device) if device is not None else default_device()
     gen = torch.Generator().manual_seed(seed)
     n, h = labels.shape[0], lrs.shape[0]
+    lrs, wds = lrs.to(dev), wds.to(dev)
     order = torch.randperm(n, generator=gen)  # shuffle once; batches are contiguous slices (no per-step copies)
-    stats = {k: (v.float().mean(0), v.float().std(0) + 1e-6) for k, v in features.items()}
-    xs = {k: (v[order].float() - stats[k][0]) / stats[k][1] for k, v in features.items()}
-    targets = F.one_hot(labels[order], num_classes).float()[:, None, :]  # [N, 1, C]
-    init = (lambda d: torch.randn(d, h, num_classes, generator=gen) * 0.01) if optimizer == "lars" else \
-        (lambda d: torch.zeros(d, h, num_classes))
+    stats = {k: (v.to(dev).float().mean(0), v.to(dev).float().std(0) + 1e-6) for k, v in features.items()}
+    xs = {k: (v[order].to(dev).float() - stats[k][0]) / stats[k][1] for k, v in features.items()}
+    targets = F.one_hot(labels[order].to(dev), num_classes).float()[:, None, :]  # [N, 1, C]
+    init = (lambda d: (torch.randn(d, h, num_classes, generator=gen) * 0.01).to(dev)) if optimizer == "lars" else \
+        (lambda d: torch.zeros(d, h, num_classes, device=dev))
     weights = {k: init(x.shape[1]) for k, x in xs.items()}
-    biases = {k: torch.zeros(h, num_classes) for k in xs}
+    biases = {k: torch.zeros(h, num_classes, device=dev) for k in xs}
     vel_w = {k: torch.zeros_like(w) for k, w in weights.items()}
     vel_b = {k: torch.zeros_like(b) for k, b in biases.items()}
     grad_w = {k: torch.empty_like(w) for k, w in weights.items()}
-    logits_buf = torch.empty(min(batch_size, n), h * num_classes)  # preallocated: no per-step mmap/page faults
+    logits_buf = torch.empty(min(batch_size, n), h * num_classes, device=dev)  # preallocated: no per-step page faults
     starts = torch.arange(0, n, batch_size)
     total = epochs * len(starts)
     step = 0
@@ -156,13 +163,14 @@ def linear_probe_sweep(train_x: Mapping[str, Tensor], train_y: Tensor, test_x: M
                        test_y: Tensor, num_classes: int, lrs: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0),
                        weight_decays: Sequence[float] = (0.0, 1e-4), epochs: int = 20, batch_size: int = 1024,
                        val_fraction: float = 0.1, optimizer: str = "sgd", seed: int = 0,
-                       progress: bool = True) -> ProbeResult:
+                       progress: bool = True, device: str | torch.device | None = None) -> ProbeResult:
     """Sweep feature choice x lr x wd linear heads; select on a val split of train; report test.
 
     Args:
         train_x: {choice: [N, D_choice]}, train_y: [N]; test_x: {choice: [M, D_choice]}, test_y: [M].
         num_classes: C. lrs, weight_decays: the grid. epochs, batch_size: the schedule.
         val_fraction: part of train held out for selection (test is never used to select).
+        device: where the heads train (default: CUDA when present, else CPU).
 
     Returns:
         ProbeResult of the head with the best validation top-1 (ties: first in grid order).
@@ -172,7 +180,7 @@ def linear_probe_sweep(train_x: Mapping[str, Tensor], train_y: Tensor, test_x: M
     lr_t = torch.tensor([g[0] for g in grid], dtype=torch.float32)
     wd_t = torch.tensor([g[1] for g in grid], dtype=torch.float32)
     heads = train_linear_heads({k: v[tr] for k, v in train_x.items()}, train_y[tr], num_classes, lr_t, wd_t,
-                               epochs, batch_size, optimizer=optimizer, seed=seed, progress=progress)
+                               epochs, batch_size, optimizer=optimizer, seed=seed, progress=progress, device=device)
     rows: list[ProbeRow] = []
     per_feature: dict[str, FeatureBest] = {}
     predictions: dict[str, Tensor] = {}
