@@ -14,8 +14,7 @@ paper, 1/T_base in the stable form; its minimiser is tau = 1/kappa). What each f
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vispre.errors import VispreError
+from vispre.losses.precision import at_least_fp32, autocast_off
 
 AMCLForm = Literal["paper", "stable"]
 FORMS = ("paper", "stable")
@@ -187,23 +187,15 @@ def join_directions(a: AMCLHead, b: AMCLHead, weight: float) -> AMCLHead:
                     torch.cat([a.tau.reshape(-1), b.tau.reshape(-1)]), *means)
 
 
-@contextmanager
-def fp32_loss(like: Tensor) -> Iterator[None]:
-    """Autocast off on ``like``'s device: the AMCL losses run in fp32 (1/tau reaches 1e5), as the authors'."""
-    with torch.autocast(device_type=like.device.type, enabled=False):
-        yield
-
-
-def to_fp32(x: Tensor) -> Tensor:
-    """Half / bfloat16 tensors as float32; float32 / float64 as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+fp32_loss = autocast_off
+"""Autocast off on a tensor's device: the AMCL losses run in fp32 (1/tau reaches 1e5), as the authors'."""
 
 
 def as_heads(z: Tensor | Sequence[Tensor]) -> list[Tensor]:
     """A multi-head output as a list of fp32 tensors (a single-head projector's tensor is one head)."""
-    return [to_fp32(z)] if isinstance(z, Tensor) else [to_fp32(t) for t in z]
+    return [at_least_fp32(z)] if isinstance(z, Tensor) else [at_least_fp32(t) for t in z]
 
 
 __all__ = ["AMCLForm", "AMCLHead", "BOUND_FRACTION", "FORMS", "PairTemperature", "as_heads", "check_bounds",
            "check_form", "fixed_temperature", "fp32_loss", "head_terms", "join_directions", "omega",
-           "percentile", "temperature_stats", "to_fp32"]
+           "percentile", "temperature_stats", "at_least_fp32"]

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from vispre.errors import VispreError
 from vispre.losses.gather import gather_with_grad
+from vispre.losses.precision import at_least_fp32, autocast_off
 
 
 def batch_standardize(z: Tensor, eps: float = 1e-5) -> Tensor:
@@ -25,11 +26,13 @@ def cross_correlation(z1: Tensor, z2: Tensor, gather: bool = True) -> Tensor:
     """Cross-correlation of batch-standardised embeddings: [N, D] x [N, D] -> [D, D] (over W*N under DDP)."""
     if z1.ndim != 2 or z1.shape != z2.shape:
         raise VispreError(f"expected two [N, D] embeddings of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    z1, z2 = at_least_fp32(z1), at_least_fp32(z2)  # standardised and correlated in fp32 (vispre.losses.precision)
     if gather:
         z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
     if z1.shape[0] < 2:
         raise VispreError(f"Barlow Twins needs a batch of at least 2 samples to standardise, got {z1.shape[0]}")
-    return batch_standardize(z1).T @ batch_standardize(z2) / z1.shape[0]
+    with autocast_off(z1):
+        return batch_standardize(z1).T @ batch_standardize(z2) / z1.shape[0]
 
 
 def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3, gather: bool = True) -> Tensor:

@@ -22,14 +22,7 @@ from torch import Tensor
 
 from vispre.errors import VispreError
 from vispre.losses.gather import distributed_ready
-
-
-def _fp32(x: Tensor) -> Tensor:
-    return x.float() if x.dtype != torch.float32 else x
-
-
-def _no_autocast(x: Tensor) -> torch.autocast:
-    return torch.autocast(device_type=x.device.type, enabled=False)
+from vispre.losses.precision import autocast_off, to_fp32
 
 
 def _check_temperature(name: str, value: float) -> None:
@@ -82,9 +75,9 @@ def dino_loss(student_logits: Tensor, teacher_probs: Tensor, student_temp: float
     if b < 1:
         raise VispreError("dino_loss: batch size B must be >= 1, got 0")
     _check_temperature("student_temp", student_temp)
-    with _no_autocast(student_logits):
-        log_p = F.log_softmax(_fp32(student_logits) / student_temp, dim=-1)  # [Vs, B, K]
-        t = _fp32(teacher_probs)
+    with autocast_off(student_logits):
+        log_p = F.log_softmax(to_fp32(student_logits) / student_temp, dim=-1)  # [Vs, B, K]
+        t = to_fp32(teacher_probs)
         # sum over all (j, i) pairs = <sum_j t_j, sum_i log_p_i>, minus the same-crop pairs j == i.
         all_pairs = torch.sum(t.sum(0) * log_p.sum(0))
         same_crop = torch.sum(t * log_p[:vt])
@@ -110,8 +103,8 @@ def dino_teacher_probs(teacher_logits: Tensor, center: Tensor, teacher_temp: flo
     if center.shape[-1] != teacher_logits.shape[-1]:
         raise VispreError(f"dino_teacher_probs: center must have K={teacher_logits.shape[-1]} entries on its last dim, "
                           f"got shape {tuple(center.shape)}")
-    with _no_autocast(teacher_logits):
-        return F.softmax((_fp32(teacher_logits) - _fp32(center)) / teacher_temp, dim=-1)
+    with autocast_off(teacher_logits):
+        return F.softmax((to_fp32(teacher_logits) - to_fp32(center)) / teacher_temp, dim=-1)
 
 
 @torch.no_grad()
@@ -136,12 +129,12 @@ def update_center(center: Tensor, teacher_logits: Tensor, momentum: float = 0.9)
         raise VispreError(f"update_center: center must have K={k} elements, got shape {tuple(center.shape)}")
     if not 0.0 <= float(momentum) <= 1.0:
         raise VispreError(f"update_center: momentum must be in [0, 1], got {momentum}")
-    with _no_autocast(teacher_logits):
-        rows = _fp32(teacher_logits).reshape(-1, k)
+    with autocast_off(teacher_logits):
+        rows = to_fp32(teacher_logits).reshape(-1, k)
         stats = torch.cat([rows.sum(0), rows.new_tensor([rows.shape[0]])])  # sums and count, one collective
         stats = _all_reduce_sum(stats)
         batch_mean = (stats[:k] / stats[k]).reshape(center.shape)
-        return _fp32(center) * momentum + batch_mean * (1.0 - momentum)
+        return to_fp32(center) * momentum + batch_mean * (1.0 - momentum)
 
 
 @torch.no_grad()
@@ -169,8 +162,8 @@ def sinkhorn_knopp(teacher_logits: Tensor, teacher_temp: float, n_iters: int = 3
     _check_temperature("teacher_temp", teacher_temp)
     if int(n_iters) < 1:
         raise VispreError(f"sinkhorn_knopp: n_iters must be >= 1, got {n_iters}")
-    with _no_autocast(teacher_logits):
-        logits = _fp32(teacher_logits) / teacher_temp
+    with autocast_off(teacher_logits):
+        logits = to_fp32(teacher_logits) / teacher_temp
         k = logits.shape[1]
         top = logits.max() if logits.numel() else logits.new_full((), float("-inf"))  # a rank may hold no rows
         count = logits.new_tensor(float(logits.shape[0]))
@@ -215,11 +208,11 @@ def ibot_patch_loss(student_logits: Tensor, teacher_probs: Tensor, mask: Tensor,
     b = student_logits.shape[0]
     if b < 1:
         raise VispreError("ibot_patch_loss: batch size B must be >= 1, got 0")
-    with _no_autocast(student_logits):
+    with autocast_off(student_logits):
         per_image = mask.sum(dim=1, keepdim=True).clamp(min=1).float()  # [B, 1] = max(|M_b|, 1)
         weight = (1.0 / per_image).expand(mask.shape)[mask]  # [M], 1/|M_b| for each masked patch
-        log_p = F.log_softmax(_fp32(student_logits[mask]) / student_temp, dim=-1)  # [M, K], masked rows only
-        per_patch = -torch.sum(_fp32(teacher_probs[mask]) * log_p, dim=-1)  # [M]
+        log_p = F.log_softmax(to_fp32(student_logits[mask]) / student_temp, dim=-1)  # [M, K], masked rows only
+        per_patch = -torch.sum(to_fp32(teacher_probs[mask]) * log_p, dim=-1)  # [M]
         return torch.sum(per_patch * weight) / b
 
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from vispre.errors import VispreError
 from vispre.losses.gather import gather_with_grad, world_rank
+from vispre.losses.precision import at_least_fp32, autocast_off
 
 
 class ContrastivePairs(NamedTuple):
@@ -107,7 +108,8 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, gather: bool 
     Returns:
         Scalar: mean over the 2N local anchors of -log(exp(s_ij/T) / sum_{k != i} exp(s_ik/T)).
     """
-    return contrastive_loss(simclr_pairs(z1, z2, gather), temperature)
+    with autocast_off(z1):  # normalised, gathered and compared in fp32 (vispre.losses.precision)
+        return contrastive_loss(simclr_pairs(at_least_fp32(z1), at_least_fp32(z2), gather), temperature)
 
 
 def info_nce_loss(q: Tensor, k: Tensor, temperature: float = 0.2, gather: bool = True) -> Tensor:
@@ -117,7 +119,8 @@ def info_nce_loss(q: Tensor, k: Tensor, temperature: float = 0.2, gather: bool =
         q: [N, D] queries. k: [N, D] keys (normally from the momentum encoder, no gradient).
         temperature: T (MoCo v3: 0.2).
     """
-    return contrastive_loss(moco_pairs(q, k, gather), temperature)
+    with autocast_off(q):  # normalised, gathered and compared in fp32 (vispre.losses.precision)
+        return contrastive_loss(moco_pairs(at_least_fp32(q), at_least_fp32(k), gather), temperature)
 
 
 def _check_temperature(owner: str, temperature: float) -> None:
