@@ -307,7 +307,7 @@ def sdpa_check(model: PretrainObjective, batch: dict, dtype: torch.dtype) -> dic
             with sdpa_kernel(backend):
                 torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward()
             alone[name] = "ok"
-        except RuntimeError as err:
+        except Exception as err:  # "No available kernel" is a RuntimeError; record whatever refuses
             alone[name] = str(err).strip().splitlines()[0][:200]
     default = sdpa_kernels_used(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
     m = copy.deepcopy(model)
