@@ -46,7 +46,7 @@ def write_set(folder: Path, n: int, side: int) -> None:
     write_shards(samples(), folder, samples_per_shard=1000, progress=False)
 
 
-def run_one(shards: str, tiny: bool, workers: int, cache: str, model: str) -> dict:
+def run_one(shards: str, tiny: bool, workers: int, cache: str, model: str, depth: int | None) -> dict:
     """Extract the set's features (subprocess body); returns rows, seconds and this process's peak RSS."""
     import torch
 
@@ -57,7 +57,7 @@ def run_one(shards: str, tiny: bool, workers: int, cache: str, model: str) -> di
 
     torch.manual_seed(0)
     size = 32 if tiny else 224
-    args = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2) if tiny else {}
+    args = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2) if tiny else dict(depth=depth)
     vit = MaskedViT(model_name="vit_tiny_patch16_224" if tiny else model, in_chans=3, **args).vit
     start = time.perf_counter()
     split = extract_split(vit, shard_source(shards, size, 3), EvalView(size), ("cls",), cache_dir=cache,
@@ -67,9 +67,10 @@ def run_one(shards: str, tiny: bool, workers: int, cache: str, model: str) -> di
     return {"rows": int(split.labels.shape[0]), "seconds": round(seconds, 1), "getrusage_peak_mb": round(peak_kb / 1024, 1)}
 
 
-def measure(shards: Path, tiny: bool, workers: int, cache: Path, model: str) -> dict:
+def measure(shards: Path, tiny: bool, workers: int, cache: Path, model: str, depth: int | None) -> dict:
     """Run :func:`run_one` in a subprocess (under GNU time -v when available); its result and peak RSS."""
     cmd = [sys.executable, __file__, "--run-one", str(shards), "--workers", str(workers), "--cache", str(cache), "--model", model]
+    cmd += ["--depth", str(depth)] if depth else []
     cmd += ["--tiny"] if tiny else []
     gnu_time = shutil.which("time") and Path("/usr/bin/time").exists()
     proc = subprocess.run((["/usr/bin/time", "-v"] if gnu_time else []) + cmd, capture_output=True, text=True)
@@ -89,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--keep", default=None, help="write the sets here (default: a temp folder, removed)")
     parser.add_argument("--model", default="vit_small_patch16_224", help="timm ViT name (random weights)")
+    parser.add_argument("--depth", type=int, default=None, help="blocks of the ViT (default: the model's own)")
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run_one:
-        print(json.dumps(run_one(args.run_one, args.tiny, args.workers, args.cache, args.model)))
+        print(json.dumps(run_one(args.run_one, args.tiny, args.workers, args.cache, args.model, args.depth)))
         return 0
     sizes = args.sizes or ([60, 240] if args.tiny else [3000, 12000])
     side = 32 if args.tiny else 224
@@ -102,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for n in sizes:
             write_set(work / f"set{n}", n, side)
-            results[n] = measure(work / f"set{n}", args.tiny, args.workers, work / f"cache{n}", args.model)
+            results[n] = measure(work / f"set{n}", args.tiny, args.workers, work / f"cache{n}", args.model, args.depth)
             print(f"{n} images: {results[n]}", flush=True)
         small, large = (results[n]["peak_rss_mb"] for n in sizes)
-        print(json.dumps({"sizes": sizes, "side": side, "model": "tiny" if args.tiny else args.model, "results": results, "ratio": round(large / small, 3),
+        print(json.dumps({"sizes": sizes, "side": side, "model": "tiny" if args.tiny else args.model, "depth": args.depth, "results": results, "ratio": round(large / small, 3),
                           "target": "<= 1.25"}, indent=1))
     finally:
         if not args.keep:

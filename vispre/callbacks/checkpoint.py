@@ -83,7 +83,7 @@ class RunCheckpoint(Checkpoint):
             return
         self._saved_step = trainer.global_step
         last = self.dirpath / LAST
-        trainer.save_checkpoint(last)
+        trainer.save_checkpoint(last, weights_only=False)  # the full state (optimizer, loops): resumable
         named = self.dirpath / f"epoch={trainer.current_epoch}-step={trainer.global_step}.ckpt"
         if trainer.is_global_zero:
             link_atomically(last, named)

@@ -24,7 +24,7 @@ from vispre.objectives.base import PretrainObjective
 
 
 CHATTER = ("GPU available:", "TPU available:", "HPU available:", "\U0001f4a1", "Tip:", "LOCAL_RANK:",
-           "Loading `train_dataloader` to estimate", "`weights_only` was not set")
+           "Loading `train_dataloader` to estimate")
 """Starts of Lightning's informational lines that say nothing about the run (hardware probes, the
 advertisement for its cloud logger)."""
 CHATTY_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
