@@ -184,3 +184,18 @@ def test_bench_knn_cost_fits_a_linear_model(capsys: pytest.CaptureFixture[str]) 
 def test_bench_eval_memory_tiny_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert _tool("bench_eval_memory").main(["--tiny", "--workers", "0"]) == 0
     assert '"ratio"' in capsys.readouterr().out
+
+
+def test_chunk_sink_keeps_copies_not_views_of_the_token_tensor() -> None:
+    """A cls feature is a view of [B, N, D] tokens: the sink must store a copy of the [B, D] rows, or every
+    pending batch keeps its whole token tensor alive (peak memory growing with the number of images)."""
+    import torch
+
+    from vispre.eval.feature_cache import ChunkSink
+
+    tokens = torch.randn(4, 50, 8)
+    sink = ChunkSink(folder=None, dtype="float32", chunk_rows=10**6)
+    sink.add({"cls": tokens[:, 0]}, torch.zeros(4, dtype=torch.long), torch.arange(4), torch.ones(4, dtype=torch.bool))
+    stored = sink.pending[0]["cls"]
+    assert stored.untyped_storage().nbytes() == 4 * 8 * 4  # its own [4, 8] float32 storage, not the 4x50x8 base
+    torch.testing.assert_close(stored, tokens[:, 0])

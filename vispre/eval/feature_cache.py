@@ -109,7 +109,9 @@ class ChunkSink:
 
     def add(self, features: Mapping[str, Tensor], labels: Tensor, positions: Tensor, ok: Tensor) -> None:
         """Add one batch: features {choice: [b, D]}, labels / positions [b] int64, ok [b] bool."""
-        batch = {k: v.detach().to("cpu", self.dtype) for k, v in features.items()}
+        # copy=True: a feature is often a view of the batch's whole token tensor ([B, N, D], e.g. the cls
+        # token); keeping the view would keep all of it alive until the chunk is written (N x the memory)
+        batch = {k: v.detach().to("cpu", self.dtype, copy=True) for k, v in features.items()}
         batch.update(labels=labels.cpu().long(), positions=positions.cpu().long(), ok=ok.cpu().bool())
         self.pending.append(batch)
         self.rows += labels.shape[0]
