@@ -8,16 +8,39 @@ write fails.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
 from vispre.errors import VispreError
 
 
+@contextmanager
+def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
+    """An open binary file whose content replaces ``path`` atomically when the block ends without error
+    (temp file ``.NAME.tmp-PID`` beside it, flushed and fsynced, then ``os.replace``; removed on error).
+
+    Args:
+        path: the target file (its folder must exist).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename).
+    """Write ``data`` to ``path`` atomically (:func:`atomic_writer`).
 
     Args:
         path: the target file (its folder must exist). data: the bytes.
@@ -25,18 +48,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     Returns:
         The target path.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_writer(path) as fh:
+        fh.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -21,6 +21,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor
 
+from vispre.io import atomic_writer
+
 
 class NonFiniteLossError(RuntimeError):
     """Raised by :class:`NonFiniteLossGuard`; the message names the step and the last checkpoint."""
@@ -79,16 +81,8 @@ def save_atomically(obj: Any, path: Path) -> Path:
         ``path``.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as handle:
+        torch.save(obj, handle)
     _fsync_dir(path.parent)
     return path
 
