@@ -60,8 +60,11 @@ def tv_decode(path: str) -> torch.Tensor:
     return decode_image(path, mode=ImageReadMode.GRAY)
 
 
-def time_loader(loader: Iterable, batches: int) -> float:
-    """Images/s over ``batches`` batches, after one warm-up batch (worker start-up excluded)."""
+def time_loader(loader: Iterable, batches: int, settle_s: float = 1.0) -> float:
+    """Images/s over ``batches`` batches, after one warm-up batch (worker start-up excluded). Waits
+    ``settle_s`` first, so the other loaders' persistent workers have filled their prefetch queues and sit idle
+    instead of sharing the CPU with this loader's timed batches."""
+    time.sleep(settle_s)
     it = iter(loader)
     next(it)
     start, n = time.perf_counter(), 0
