@@ -194,3 +194,32 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _gloo_rank(rank: int, fn: Any, port: int, world: int, out_dir: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        torch.save(fn(rank), Path(out_dir) / f"rank{rank}.pt")
+    except BaseException:
+        raise  # spawn reports it; destroying the group while the peer is mid-collective could hang
+    else:
+        # Both ranks reach the end before either tears down: without this barrier the rank that hosts the
+        # TCP store could exit while the other was still destroying its group, which aborted it now and
+        # then ("terminate called without an active exception", 1 of 3 full-suite runs on the CI machine).
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def run_on_gloo_ranks(fn: Any, out_dir: Path, world: int = 2) -> list[Any]:
+    """Run ``fn(rank)`` in ``world`` spawned CPU processes joined by a gloo process group (1 thread each) and
+    return each rank's result (tensors, dicts and lists of them), in rank order. ``fn`` must be a module-level
+    function (spawn pickles it by name)."""
+    import torch
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gloo_rank, args=(fn, free_port(), world, str(out_dir)), nprocs=world, join=True)
+    return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=True) for r in range(world)]

@@ -21,7 +21,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import os
 import subprocess
 import time
 from contextlib import nullcontext
@@ -36,6 +35,7 @@ from vispre.commands.config import build_from_config
 from vispre.eval.suite import load_tasks
 from vispre.eval.suite import run_suite
 from vispre.hub import load_backbone
+from vispre.io import atomic_write_text
 
 BASE = "configs/mae/vit_tiny_fashion_mnist.yaml"
 
@@ -164,9 +164,7 @@ def main() -> None:
         "total_wall_s": time.perf_counter() - started,
     })
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, json.dumps(result, indent=1))
     print(markdown(result))
 
 

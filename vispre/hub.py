@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import yaml
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 from timm.models import save_for_hf
 from timm.models.vision_transformer import VisionTransformer
 
@@ -37,6 +37,7 @@ from vispre.data.fashion_mnist import MEAN as FMNIST_MEAN
 from vispre.data.fashion_mnist import STD as FMNIST_STD
 from vispre.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vispre.errors import VispreError
+from vispre.io import atomic_write_bytes, atomic_write_text
 from vispre.growth.subnet import SubnetSpec, extract_subnet
 
 
@@ -163,14 +164,9 @@ def export_backbone(source: str | Path, out: str | Path, *, subnet: SubnetSpec |
 
 def _export_file(vit: VisionTransformer, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp))
-    tmp.replace(out)
-    meta = out.with_suffix(".json")
-    tmp_meta = meta.with_suffix(f".tmp{os.getpid()}")
+    atomic_write_bytes(out, save_safetensors({k: v.contiguous() for k, v in vit.state_dict().items()}))
     # num_classes 0: plain timm.create_model(..., pretrained=True) then expects no classifier weights
-    tmp_meta.write_text(json.dumps({**describe_vit(vit), "num_classes": 0}, indent=2) + "\n")
-    tmp_meta.replace(meta)
+    atomic_write_text(out.with_suffix(".json"), json.dumps({**describe_vit(vit), "num_classes": 0}, indent=2) + "\n")
     return out
 
 

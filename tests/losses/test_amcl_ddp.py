@@ -4,16 +4,13 @@ batch, to 1e-6 (negatives, top-k and cross-correlations span the global batch)."
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tests.helpers import free_port
+from tests.helpers import run_on_gloo_ranks
 from vispre.losses import AMCLBarlowTwinsLoss, AMCLInfoNCELoss, AMCLNTXentLoss
 
 WORLD, N, D_IN, D_OUT = 2, 4, 6, 5
@@ -53,30 +50,21 @@ def inputs() -> tuple[Tensor, Tensor]:
             torch.randn(WORLD * N, D_IN, generator=gen, dtype=torch.float64))
 
 
-def worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
-        x1, x2 = inputs()
-        local = slice(rank * N, (rank + 1) * N)
-        grads = {}
-        for form, kind in CASES:
-            model = DistributedDataParallel(Encoded(form, kind))
-            model(x1[local], x2[local]).backward()
-            grads[f"{form}-{kind}"] = [p.grad.clone() for p in model.module.parameters()]
-        torch.save(grads, Path(out_dir) / f"rank{rank}.pt")
-    except BaseException:
-        raise  # spawn reports it; destroying the group while the peer is mid-collective could hang
-    else:
-        dist.barrier()  # both ranks finish before either tears down (see tests/losses/test_gather.py)
-        dist.destroy_process_group()
+def rank_grads(rank: int) -> dict[str, list[Tensor]]:
+    """One rank's gradients for every case (inside a gloo group: tests.helpers.run_on_gloo_ranks)."""
+    x1, x2 = inputs()
+    local = slice(rank * N, (rank + 1) * N)
+    grads = {}
+    for form, kind in CASES:
+        model = DistributedDataParallel(Encoded(form, kind))
+        model(x1[local], x2[local]).backward()
+        grads[f"{form}-{kind}"] = [p.grad.clone() for p in model.module.parameters()]
+    return grads
 
 
 @pytest.fixture(scope="module")
 def ddp_grads(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    out = tmp_path_factory.mktemp("amcl_ddp")
-    mp.spawn(worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return run_on_gloo_ranks(rank_grads, tmp_path_factory.mktemp("amcl_ddp"), WORLD)
 
 
 @pytest.mark.parametrize("form,kind", CASES)

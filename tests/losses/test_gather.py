@@ -3,16 +3,13 @@ one process over the concatenated batch, to 1e-6, for NT-Xent, InfoNCE and Barlo
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tests.helpers import free_port
+from tests.helpers import run_on_gloo_ranks
 from vispre.losses.barlow_twins import barlow_twins_loss
 from vispre.losses.gather import gather_with_grad
 from vispre.losses.info_nce import info_nce_loss, nt_xent_loss
@@ -37,36 +34,24 @@ def data() -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
 
 
 
-def worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
-        encoder, x1, x2 = data()
-        model = DistributedDataParallel(encoder)
-        local = slice(rank * N, (rank + 1) * N)
-        grads = {}
-        for name, fn in LOSSES.items():
-            model.zero_grad()
-            fn(model(x1[local]), model(x2[local])).backward()
-            grads[name] = [p.grad.clone() for p in model.parameters()]
-        gathered = gather_with_grad(torch.full((N, 1), float(rank), dtype=torch.float64))
-        grads["gather_order"] = [gathered.squeeze(1)]
-        torch.save(grads, Path(out_dir) / f"rank{rank}.pt")
-    except BaseException:
-        raise  # spawn reports it; destroying the group while the peer is mid-collective could hang
-    else:
-        # Both ranks reach the end before either tears down: without this barrier the rank that hosts the
-        # TCP store could exit while the other was still destroying its group, which aborted it now and
-        # then ("terminate called without an active exception", 1 of 3 full-suite runs on the CI machine).
-        dist.barrier()
-        dist.destroy_process_group()
+def rank_grads(rank: int) -> dict[str, list]:
+    """One rank's gradient per loss and the gather's order (inside a gloo group: run_on_gloo_ranks)."""
+    encoder, x1, x2 = data()
+    model = DistributedDataParallel(encoder)
+    local = slice(rank * N, (rank + 1) * N)
+    grads = {}
+    for name, fn in LOSSES.items():
+        model.zero_grad()
+        fn(model(x1[local]), model(x2[local])).backward()
+        grads[name] = [p.grad.clone() for p in model.parameters()]
+    gathered = gather_with_grad(torch.full((N, 1), float(rank), dtype=torch.float64))
+    grads["gather_order"] = [gathered.squeeze(1)]
+    return grads
 
 
 @pytest.fixture(scope="module")
 def ddp_grads(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return run_on_gloo_ranks(rank_grads, tmp_path_factory.mktemp("ddp"), WORLD)
 
 
 @pytest.mark.parametrize("name", list(LOSSES))

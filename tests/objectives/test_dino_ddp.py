@@ -7,15 +7,12 @@ KoLeo's neighbours stay per rank by design (DINOv2): each rank's term equals a o
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from tests.helpers import free_port, tiny_vit
+from tests.helpers import run_on_gloo_ranks, tiny_vit
 from vispre.heads import DINOHead
 from vispre.objectives import DINO, DINOv2
 
@@ -61,26 +58,14 @@ def run(model: torch.nn.Module, batch: dict) -> dict:
     return {"terms": {k: v.detach() for k, v in terms.items()}, "grads": grads, "centres": centres}
 
 
-def worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
-        results = {}
-        for name in MODELS:
-            results[name] = run(DistributedDataParallel(build(name)), rank_batch(global_batch(), rank))
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    except BaseException:
-        raise  # spawn reports it; destroying the group while the peer is mid-collective could hang
-    else:
-        dist.barrier()  # both ranks finish before either tears down (see tests/losses/test_gather.py)
-        dist.destroy_process_group()
+def rank_results(rank: int) -> dict[str, dict]:
+    """One rank's loss terms, gradients and centres per model (inside a gloo group: run_on_gloo_ranks)."""
+    return {name: run(DistributedDataParallel(build(name)), rank_batch(global_batch(), rank)) for name in MODELS}
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    out = tmp_path_factory.mktemp("dino_ddp")
-    mp.spawn(worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return run_on_gloo_ranks(rank_results, tmp_path_factory.mktemp("dino_ddp"), WORLD)
 
 
 @pytest.mark.parametrize("name", ["dino", "dinov2"])

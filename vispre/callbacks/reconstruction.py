@@ -7,11 +7,13 @@ from pathlib import Path
 import lightning as L
 from torch import Tensor
 
+from vispre.io import atomic_writer
+
 
 def save_reconstruction_grid(rows: list[Tensor], path: Path, titles: tuple[str, ...]) -> Path:
     """Save images as a grid: one column per entry of ``rows`` ([N, C, H, W] each, values in [0, 1]).
 
-    Written to a temporary name first, then renamed (no half-written PNG).
+    Written atomically (:func:`vispre.io.atomic_writer`: no half-written PNG).
     """
     import matplotlib
 
@@ -30,10 +32,11 @@ def save_reconstruction_grid(rows: list[Tensor], path: Path, titles: tuple[str, 
             if row == 0:
                 ax.set_title(titles[col], fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_writer(path) as fh:
+            fig.savefig(fh, format="png", dpi=100)
+    finally:
+        plt.close(fig)
     return path
 
 

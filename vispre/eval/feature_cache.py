@@ -24,10 +24,11 @@ from typing import NamedTuple
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from vispre.errors import VispreError
+from vispre.io import atomic_write_bytes
 
 CACHE_FORMAT = "vispre-features/2"
 FEATURE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -127,7 +128,7 @@ class ChunkSink:
         if self.folder is None:
             self.chunks.append(chunk)
         else:
-            save_file(chunk, str(self.folder / f"chunk-{self.rank:03d}-{self.count:06d}.safetensors"))
+            atomic_write_bytes(self.folder / f"chunk-{self.rank:03d}-{self.count:06d}.safetensors", save_safetensors(chunk))
         self.count += 1
 
 
@@ -185,13 +186,11 @@ def chunk_positions(chunks: Sequence[dict[str, Tensor]] | None, files: Sequence[
 
 def write_entry(path: Path, split: ExtractedSplit, dtype: str) -> None:
     """Write a split as one safetensors file (features in ``dtype``, the bad-image record in its metadata),
-    atomically (temp file + rename)."""
+    atomically (:func:`vispre.io.atomic_write_bytes`)."""
     tensors = {f"feature.{k}": v.to(FEATURE_DTYPES[dtype]).contiguous() for k, v in split.features.items()}
     tensors.update(labels=split.labels.contiguous(), ok=split.ok.contiguous())
     meta = {"format": CACHE_FORMAT, "bad": str(split.bad), "bad_names": json.dumps(split.bad_names)}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    atomic_write_bytes(path, save_safetensors(tensors, metadata=meta))
 
 
 def read_entry(path: Path) -> ExtractedSplit | None:
