@@ -26,15 +26,23 @@ from vispre.objectives.moco_v3 import MoCoV3
 from vispre.objectives.simclr import SimCLR
 
 
+def _with_amcl(base: type, name: str, loss: type, backbone: MaskedViT, form: AMCLForm, kwargs: dict[str, Any],
+               **head_sizes: Any) -> Any:
+    """``base(backbone, ...)`` with 3 :class:`MultiProjectionHead` heads of ``head_sizes`` and ``loss`` in
+    ``form``; ``kwargs`` (any argument of the base) override both."""
+    check_form(name, form)
+    heads = partial(MultiProjectionHead, num_heads=3, **head_sizes)
+    return base(backbone, **{"projector": heads, "loss": partial(loss, form=form), **kwargs})
+
+
 def amcl_simclr(backbone: MaskedViT, *, form: AMCLForm = "stable", **kwargs: Any) -> SimCLR:
     """SimCLR with 3 heads (SimCLR's sizes: 2048 hidden -> 128, 2 layers) and :class:`AMCLNTXentLoss` in ``form``.
 
     Raises:
         VispreError: unknown ``form``.
     """
-    check_form("amcl_simclr", form)
-    heads = partial(MultiProjectionHead, num_heads=3, hidden_dim=2048, out_dim=128, num_layers=2)
-    return SimCLR(backbone, **{"projector": heads, "loss": partial(AMCLNTXentLoss, form=form), **kwargs})
+    return _with_amcl(SimCLR, "amcl_simclr", AMCLNTXentLoss, backbone, form, kwargs,
+                      hidden_dim=2048, out_dim=128, num_layers=2)
 
 
 def amcl_moco_v3(backbone: MaskedViT, *, form: AMCLForm = "stable", **kwargs: Any) -> MoCoV3:
@@ -43,10 +51,8 @@ def amcl_moco_v3(backbone: MaskedViT, *, form: AMCLForm = "stable", **kwargs: An
     Raises:
         VispreError: unknown ``form``.
     """
-    check_form("amcl_moco_v3", form)
-    heads = partial(MultiProjectionHead, num_heads=3, hidden_dim=4096, out_dim=256, num_layers=3,
-                    last_batch_norm=True)
-    return MoCoV3(backbone, **{"projector": heads, "loss": partial(AMCLInfoNCELoss, form=form), **kwargs})
+    return _with_amcl(MoCoV3, "amcl_moco_v3", AMCLInfoNCELoss, backbone, form, kwargs,
+                      hidden_dim=4096, out_dim=256, num_layers=3, last_batch_norm=True)
 
 
 def amcl_barlow_twins(backbone: MaskedViT, *, form: AMCLForm = "stable", **kwargs: Any) -> BarlowTwins:
@@ -55,9 +61,8 @@ def amcl_barlow_twins(backbone: MaskedViT, *, form: AMCLForm = "stable", **kwarg
     Raises:
         VispreError: unknown ``form``.
     """
-    check_form("amcl_barlow_twins", form)
-    heads = partial(MultiProjectionHead, num_heads=3, hidden_dim=8192, out_dim=8192, num_layers=3)
-    return BarlowTwins(backbone, **{"projector": heads, "loss": partial(AMCLBarlowTwinsLoss, form=form), **kwargs})
+    return _with_amcl(BarlowTwins, "amcl_barlow_twins", AMCLBarlowTwinsLoss, backbone, form, kwargs,
+                      hidden_dim=8192, out_dim=8192, num_layers=3)
 
 
 __all__ = ["amcl_barlow_twins", "amcl_moco_v3", "amcl_simclr"]
