@@ -157,9 +157,10 @@ def write_sections(doc: Path, sections: dict[str, str]) -> None:
 
 # -- what moved it --------------------------------------------------------------------------------------------
 def val_numbers(value: str) -> tuple[str, str]:
-    """A number as given, or (for a result JSON) its pooled val kNN / linear: -> (text, evidence)."""
+    """A number or numbers ("0.735 / 0.790") as given, or (for a result JSON) its pooled val kNN / linear:
+    -> (text, evidence)."""
     try:
-        return f"{float(value):.4f}", ""
+        return " / ".join(f"{float(part):.4f}" for part in value.split("/")), ""
     except ValueError:
         pass
     result = read_json(Path(value))

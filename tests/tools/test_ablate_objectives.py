@@ -151,6 +151,8 @@ def test_note_appends_a_what_moved_it_row(tmp_path) -> None:
     assert doc.read_text().endswith(row + "\n<!-- ablate:notes:end -->\n")
     with pytest.raises(VispreError, match="'nope.json' is neither a number nor a result file"):
         append_note(doc, "x", "nope.json", "1", None, None)
+    pair = append_note(doc, "pooling", "0.735 / 0.79", "0.7391/0.808", "val kNN / linear", "e")
+    assert pair.endswith("| pooling | val kNN / linear | 0.7350 / 0.7900 | 0.7391 / 0.8080 | e |")
 
 
 @pytest.fixture
