@@ -137,3 +137,28 @@ def test_growth_configs_build_and_grow(config, tmp_path) -> None:
     built.trainer.fit(built.model, datamodule=built.datamodule)
     assert growth.grown_at == 0  # fast_dev_run: 1 step, so any at_fraction triggers at step 0
     assert len(built.model.backbone.vit.blocks) == growth.spec.depth
+
+
+def test_width_growth_of_dino_widens_the_heads_of_student_and_teacher() -> None:
+    """The DINO head's first Linear (``mlp.0``) reads the backbone feature, not its later sibling ``last_layer``:
+    growing width widens it in the student and in the EMA teacher, and both keep their function."""
+    from functools import partial
+
+    from tests.helpers import tiny_vit
+    from vispre.heads import DINOHead
+    from vispre.objectives import DINO
+
+    model = DINO(tiny_vit(), head=partial(DINOHead, out_dim=16, hidden_dim=16, bottleneck_dim=8)).eval()
+    x = torch.randn(2, 3, 32, 32)
+
+    def outputs(m: DINO) -> list[torch.Tensor]:
+        teacher = m.teacher.branches
+        return [m.head(m.backbone(x)), teacher.head(teacher.backbone(x))]
+
+    with torch.no_grad():
+        before = outputs(model)
+        grow_objective(model, GrowthSpec(embed_dim=64))
+        after = outputs(model)
+    assert model.head.mlp[0].in_features == model.teacher.branches.head.mlp[0].in_features == 64
+    for a, b in zip(after, before, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

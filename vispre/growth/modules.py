@@ -213,10 +213,12 @@ def _widen_feature_linears(module: nn.Module, prefix: str, width: int, spec: Gro
 
 
 def _first_linear(module: nn.Module) -> tuple[nn.Module | None, str]:
-    for parent in module.modules():
-        for attr, child in parent.named_children():
-            if isinstance(child, nn.Linear):
-                return parent, attr
+    """(parent, attribute) of the first ``nn.Linear`` in definition order, depth first: the layer a head's
+    input reaches first (DINOHead: ``mlp.0``, not its later sibling ``last_layer``)."""
+    for name, child in module.named_modules():
+        if isinstance(child, nn.Linear):
+            parent, _, attr = name.rpartition(".")
+            return module.get_submodule(parent), attr
     return None, ""
 
 

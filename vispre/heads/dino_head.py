@@ -70,8 +70,13 @@ class DINOHead(nn.Module):
         with torch.no_grad():
             self.last_layer.parametrizations.weight.original0.fill_(1.0)
         self.last_layer.parametrizations.weight.original0.requires_grad_(not norm_last_layer)
-        self.in_dim, self.out_dim, self.bottleneck_dim = in_dim, out_dim, bottleneck_dim
+        self.out_dim, self.bottleneck_dim = out_dim, bottleneck_dim
         self.use_bn, self.norm_last_layer = use_bn, norm_last_layer
+
+    @property
+    def in_dim(self) -> int:
+        """Input features D: read from the first Linear, so a width-grown head (vispre.growth) reports its width."""
+        return self.mlp[0].in_features
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
