@@ -74,14 +74,15 @@ def mean_spread(values: Sequence[float]) -> str:
 
 
 def aggregate(results: Sequence[dict], task: str = "fashion_mnist") -> dict[str, dict]:
-    """Per objective (first-seen order): seeds, steps, seconds and the metric lists of ``task``."""
+    """Per objective (first-seen order): seeds, budgets, steps, seconds and the metric lists of ``task``."""
     rows: dict[str, dict] = {}
     for r in results:
         summary = r["tasks"].get(task)
         if summary is None:
             continue
-        row = rows.setdefault(r["objective"], {"seeds": [], "steps": [], "seconds": [], "metrics": {}})
+        row = rows.setdefault(r["objective"], {"seeds": [], "budgets": [], "steps": [], "seconds": [], "metrics": {}})
         row["seeds"].append(r["seed"])
+        row["budgets"].append(r.get("budget_s"))
         row["steps"].append(r["steps"])
         row["seconds"].append(r["train_seconds"])
         for group in ("pooled", "best"):
@@ -110,13 +111,14 @@ def _cell(metrics: dict, key: str, feature: str | None = None) -> str:
 
 
 def results_table(results: Sequence[dict], task: str = "fashion_mnist") -> str:
-    """The markdown table: objective, steps, seconds, pooled kNN / linear, best feature kNN / linear, seeds."""
+    """The markdown table: objective, budget, steps, seconds, pooled kNN / linear, best feature kNN / linear, seeds."""
     rows = aggregate(results, task)
-    lines = ["| objective | steps | train s | pooled kNN | pooled linear | best kNN (feature) | "
-             "best linear (feature) | seeds |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| objective | budget s | steps | train s | pooled kNN | pooled linear | best kNN (feature) | "
+             "best linear (feature) | seeds |", "|---|---|---|---|---|---|---|---|---|"]
     for name in ranking(rows):
         r, m = rows[name], rows[name]["metrics"]
-        lines.append(f"| {name} | {round(statistics.fmean(r['steps']))} | {statistics.fmean(r['seconds']):.0f} | "
+        budget = " / ".join(sorted({f"{b:g}" for b in r["budgets"] if b is not None})) or "-"
+        lines.append(f"| {name} | {budget} | {round(statistics.fmean(r['steps']))} | {statistics.fmean(r['seconds']):.0f} | "
                      f"{_cell(m, 'pooled_knn_top1')} | {_cell(m, 'pooled_linear_top1')} | "
                      f"{_cell(m, 'best_knn_top1', 'best_knn_feature')} | "
                      f"{_cell(m, 'best_linear_top1', 'best_linear_feature')} | {len(r['seeds'])} |")

@@ -115,7 +115,7 @@ def test_feature_summary_picks_the_val_selected_pooled_variant() -> None:
 
 
 def _fake_result(folder, name: str, seed: int, pooled: tuple[float, float], best: float = 0.9) -> None:
-    result = {"objective": name, "seed": seed, "steps": 100 + seed, "train_seconds": 300.0,
+    result = {"objective": name, "seed": seed, "budget_s": 300.0, "steps": 100 + seed, "train_seconds": 300.0,
               "tasks": {"fashion_mnist": feature_summary(_task(*pooled, best))}}
     path = folder / "results" / "quick" / f"{name}__seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +130,8 @@ def test_summary_tables_from_fake_result_files(tmp_path) -> None:
     results = ablate_objectives.load_results(tmp_path, "quick")
     table = results_table(results)
     lines = table.splitlines()
-    assert lines[0].startswith("| objective | steps | train s | pooled kNN | pooled linear | best kNN (feature)")
-    assert lines[2] == ("| mae | 100 | 300 | 0.8100 +- 0.0100 | 0.8300 +- 0.0100 | 0.9000 +- 0.0000 (patches) | "
+    assert lines[0].startswith("| objective | budget s | steps | train s | pooled kNN | pooled linear | best kNN (feature)")
+    assert lines[2] == ("| mae | 300 | 100 | 300 | 0.8100 +- 0.0100 | 0.8300 +- 0.0100 | 0.9000 +- 0.0000 (patches) | "
                         "0.9000 +- 0.0000 (patches) | 2 |")  # best first: mean of pooled kNN and linear
     assert [line.split(" | ")[0] for line in lines[3:]] == ["| amcl_simclr_stable", "| simclr"]
     amcl = base_table(results, load_objectives()).splitlines()
