@@ -82,7 +82,7 @@ def aggregate(results: Sequence[dict], task: str = "fashion_mnist") -> dict[str,
             continue
         row = rows.setdefault(r["objective"], {"seeds": [], "budgets": [], "steps": [], "seconds": [], "metrics": {}})
         row["seeds"].append(r["seed"])
-        row["budgets"].append(r.get("budget_s"))
+        row["budgets"].append(r.get("budget_s") if r.get("steps") else None)  # untrained: no budget
         row["steps"].append(r["steps"])
         row["seconds"].append(r["train_seconds"])
         for group in ("pooled", "best"):

@@ -191,7 +191,7 @@ def test_tiny_end_to_end_calibrate_run_skip_summarize(tiny_data, capsys) -> None
     assert (out / "results/quick/mae__seed0.json").stat().st_mtime_ns == stamp
     assert ablate_objectives.main(["summarize", *common]) == 0
     printed = capsys.readouterr().out
-    assert "| mae | 2 |" in printed and "| random_init | 0 |" in printed
+    assert "| mae | 2 | 2 |" in printed and "| random_init | - | 0 |" in printed  # budget s, steps
 
 
 @pytest.mark.slow  # ~100 CPU-s: two DINO-style fits, three evaluations and an export
