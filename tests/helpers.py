@@ -201,17 +201,15 @@ def _gloo_rank(rank: int, fn: Any, port: int, world: int, out_dir: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        torch.save(fn(rank), Path(out_dir) / f"rank{rank}.pt")
-    except BaseException:
-        raise  # spawn reports it; destroying the group while the peer is mid-collective could hang
-    else:
-        # Both ranks reach the end before either tears down: without this barrier the rank that hosts the
-        # TCP store could exit while the other was still destroying its group, which aborted it now and
-        # then ("terminate called without an active exception", 1 of 3 full-suite runs on the CI machine).
-        dist.barrier()
-        dist.destroy_process_group()
+    torch.set_num_threads(1)
+    # An exception propagates without tearing down (spawn reports it; destroying the group while the peer is
+    # mid-collective could hang).
+    torch.save(fn(rank), Path(out_dir) / f"rank{rank}.pt")
+    # Both ranks reach the end before either tears down: without this barrier the rank that hosts the TCP store
+    # could exit while the other was still destroying its group, which aborted it now and then ("terminate
+    # called without an active exception", 1 of 3 full-suite runs on the CI machine).
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def run_on_gloo_ranks(fn: Any, out_dir: Path, world: int = 2) -> list[Any]:

@@ -118,7 +118,8 @@ def results_table(results: Sequence[dict], task: str = "fashion_mnist") -> str:
     for name in ranking(rows):
         r, m = rows[name], rows[name]["metrics"]
         budget = " / ".join(sorted({f"{b:g}" for b in r["budgets"] if b is not None})) or "-"
-        lines.append(f"| {name} | {budget} | {round(statistics.fmean(r['steps']))} | {statistics.fmean(r['seconds']):.0f} | "
+        lines.append(f"| {name} | {budget} | {round(statistics.fmean(r['steps']))} | "
+                     f"{statistics.fmean(r['seconds']):.0f} | "
                      f"{_cell(m, 'pooled_knn_top1')} | {_cell(m, 'pooled_linear_top1')} | "
                      f"{_cell(m, 'best_knn_top1', 'best_knn_feature')} | "
                      f"{_cell(m, 'best_linear_top1', 'best_linear_feature')} | {len(r['seeds'])} |")

@@ -37,8 +37,8 @@ from vispre.data.fashion_mnist import MEAN as FMNIST_MEAN
 from vispre.data.fashion_mnist import STD as FMNIST_STD
 from vispre.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vispre.errors import VispreError
-from vispre.io import atomic_write_bytes, atomic_write_text
 from vispre.growth.subnet import SubnetSpec, extract_subnet
+from vispre.io import atomic_write_bytes, atomic_write_text
 
 
 def load_backbone(path: str | Path, *, branch: str = "teacher", **overrides: Any) -> VisionTransformer:

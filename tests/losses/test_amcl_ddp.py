@@ -4,7 +4,6 @@ batch, to 1e-6 (negatives, top-k and cross-correlations span the global batch)."
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import Tensor, nn

@@ -3,7 +3,6 @@ one process over the concatenated batch, to 1e-6, for NT-Xent, InfoNCE and Barlo
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import nn

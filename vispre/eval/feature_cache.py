@@ -128,7 +128,8 @@ class ChunkSink:
         if self.folder is None:
             self.chunks.append(chunk)
         else:
-            atomic_write_bytes(self.folder / f"chunk-{self.rank:03d}-{self.count:06d}.safetensors", save_safetensors(chunk))
+            name = f"chunk-{self.rank:03d}-{self.count:06d}.safetensors"
+            atomic_write_bytes(self.folder / name, save_safetensors(chunk))
         self.count += 1
 
 
