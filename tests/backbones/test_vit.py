@@ -39,7 +39,7 @@ def test_unknown_model_name_is_named() -> None:
 
 
 @pytest.mark.parametrize("overrides", [{}, dict(reg_tokens=2), dict(class_token=False, global_pool="avg"),
-                                       dict(init_values=1e-3, qkv_bias=False)])
+                                       dict(global_pool="max", fc_norm=False), dict(init_values=1e-3, qkv_bias=False)])
 def test_describe_vit_rebuilds_the_same_architecture(overrides: dict) -> None:
     vit = tiny_vit(**overrides).vit
     rebuilt = create_vit(**describe_vit(vit))
@@ -51,7 +51,19 @@ def test_describe_vit_rebuilds_the_same_architecture(overrides: dict) -> None:
 
 
 EMBED_VARIANTS = [{}, dict(reg_tokens=2), dict(class_token=False, global_pool="avg"),
-                  dict(class_token=False, reg_tokens=2, global_pool="avg"), dict(sincos_pos_embed=False)]
+                  dict(class_token=False, reg_tokens=2, global_pool="avg"), dict(sincos_pos_embed=False),
+                  dict(global_pool="max", fc_norm=False)]
+
+
+def test_max_pool_without_fc_norm_is_the_channel_max_of_the_normed_patch_tokens() -> None:
+    """global_pool='max', fc_norm=False (the quickstart's export): the final norm stays on every token (the
+    architecture the MAE encoder trains) and the embedding is the per-channel max over the patch tokens."""
+    backbone = tiny_vit(global_pool="max", fc_norm=False).eval()
+    assert isinstance(backbone.vit.norm, torch.nn.LayerNorm) and isinstance(backbone.vit.fc_norm, torch.nn.Identity)
+    x = torch.randn(2, 3, 32, 32)
+    tokens = backbone.forward_features(x)
+    torch.testing.assert_close(backbone(x), tokens[:, backbone.num_prefix_tokens:].amax(dim=1))
+    assert describe_vit(backbone.vit)["global_pool"] == "max" and describe_vit(backbone.vit)["fc_norm"] is False
 
 
 @pytest.mark.parametrize("overrides", EMBED_VARIANTS)

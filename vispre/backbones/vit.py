@@ -75,7 +75,11 @@ class MaskedViT(nn.Module):
         model_name: timm ViT name whose defaults the sizes below override.
         img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio: ViT sizes.
         class_token: prepend a cls token. reg_tokens: number of register tokens.
-        global_pool: timm pooling for :meth:`forward` ('token' = cls, 'avg' = mean patch tokens).
+        global_pool: timm pooling for :meth:`forward` and the exported embedding ('token' = cls, 'avg' / 'max'
+            / 'avgmax' = mean / per-channel max / their average over the patch tokens).
+        fc_norm: timm's switch that moves the final norm after the pooling (None: timm's default, on for
+            'avg' / 'max' / 'avgmax'). ``False`` keeps the norm on every token, so a run can change its pooling
+            without changing the architecture its encoder trains (the MAE decoder reads normed tokens).
         init_values: LayerScale init (None = no LayerScale).
         qkv_bias: bias in the qkv projection. drop_path_rate: stochastic depth.
         sincos_pos_embed: replace the learned position embedding by the fixed, frozen 2-D sin-cos one
@@ -91,13 +95,14 @@ class MaskedViT(nn.Module):
                  patch_size: int | None = None, in_chans: int = 3, embed_dim: int | None = None,
                  depth: int | None = None, num_heads: int | None = None, mlp_ratio: float | None = None,
                  class_token: bool = True, reg_tokens: int = 0, global_pool: str = "token",
-                 init_values: float | None = None, qkv_bias: bool = True, drop_path_rate: float = 0.0,
-                 sincos_pos_embed: bool = True, init_from: str | None = None) -> None:
+                 fc_norm: bool | None = None, init_values: float | None = None, qkv_bias: bool = True,
+                 drop_path_rate: float = 0.0, sincos_pos_embed: bool = True, init_from: str | None = None) -> None:
         super().__init__()
         self.vit = create_vit(model_name, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                               embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                               class_token=class_token, reg_tokens=reg_tokens, global_pool=global_pool,
-                              init_values=init_values, qkv_bias=qkv_bias, drop_path_rate=drop_path_rate)
+                              fc_norm=fc_norm, init_values=init_values, qkv_bias=qkv_bias,
+                              drop_path_rate=drop_path_rate)
         if sincos_pos_embed:
             self._set_sincos_pos_embed()
         if init_from is not None:
