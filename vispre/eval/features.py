@@ -7,6 +7,8 @@ Feature choices, all from a frozen timm ViT (``forward_intermediates`` with the 
                 pass (the last layer's normed tokens are ``forward_features``' output)
     cls         the class token of the last block (mean patch token when the model has no class token)
     mean        the mean patch token of the last block
+    max         the per-channel max over the patch tokens of the last block (timm ``global_pool='max'`` with
+                ``fc_norm=False``: the quickstart MAE's exported embedding)
     cls_mean    [cls ; mean]  (DINOv2's linear-probe feature)
     last4       [cls ; mean] of each of the last 4 blocks
     grid2       [cls ; 2x2 average-pooled patch tokens] of the last block (keeps coarse spatial layout)
@@ -27,7 +29,7 @@ from torch import Tensor
 from vispre.data.transforms import EvalView, ViewTransform
 from vispre.errors import VispreError
 
-FEATURE_CHOICES = ("pooled", "cls", "mean", "cls_mean", "last4", "grid2", "patches")
+FEATURE_CHOICES = ("pooled", "cls", "mean", "max", "cls_mean", "last4", "grid2", "patches")
 
 
 def token_features(vit: VisionTransformer, images: Tensor, choices: Sequence[str]) -> dict[str, Tensor]:
@@ -53,6 +55,8 @@ def token_features(vit: VisionTransformer, images: Tensor, choices: Sequence[str
             out[choice] = cls
         elif choice == "mean":
             out[choice] = mean
+        elif choice == "max":
+            out[choice] = layers[-1][0].amax(dim=1)
         elif choice == "cls_mean":
             out[choice] = torch.cat([cls, mean], dim=1)
         elif choice == "last4":
@@ -111,4 +115,3 @@ def cached_features(vit: VisionTransformer, images: Tensor, view: ViewTransform,
     return split.features
 
 
-_token_features = token_features  # the name tests/eval/test_features.py imports
