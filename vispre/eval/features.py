@@ -113,5 +113,3 @@ def cached_features(vit: VisionTransformer, images: Tensor, view: ViewTransform,
     split = extract_split(vit, tensor_source(images), view, choices, cache_dir=cache_dir,
                           key_parts=[repr(p) for p in key_parts], batch_size=batch_size, desc=desc)
     return split.features
-
-
