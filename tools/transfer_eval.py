@@ -35,10 +35,9 @@ from vispre.data.fashion_mnist import MEAN as FMNIST_MEAN
 from vispre.data.fashion_mnist import STD as FMNIST_STD
 from vispre.errors import VispreError
 from vispre.eval.datasets import load_task_data
-from vispre.eval.knn import knn_top1, standardize
-from vispre.eval.linear_probe import linear_probe_sweep, split_train_val
+from vispre.eval.linear_probe import linear_probe_sweep
 from vispre.eval.report import markdown_table, public_report
-from vispre.eval.suite import EvalTask, run_suite
+from vispre.eval.suite import EvalTask, best_variant, knn_sweep, run_suite
 from vispre.hub import load_backbone
 from vispre.io import atomic_write_text
 
@@ -113,28 +112,21 @@ def write_digit_folder(root: Path, images: np.ndarray, labels: np.ndarray, test_
 def pixel_floors(task: EvalTask, img_size: int) -> dict[str, Any]:
     """kNN and linear top-1 of the normalised raw pixels on the task's split, selected as the suite selects.
 
-    kNN: raw or z-scored pixels (cosine, k = ``report_k``), the variant with the better validation top-1;
-    linear: :func:`linear_probe_sweep` over the task's lr / wd grid.
+    kNN: raw or z-scored pixels (cosine, k = ``report_k``), the variant with the better validation top-1
+    (:func:`vispre.eval.suite.knn_sweep`, as for every backbone feature); linear: :func:`linear_probe_sweep` over
+    the task's lr / wd grid.
     """
     data = load_task_data(task.dataset, img_size, 1, task.root, mean=task.mean, std=task.std)
     mean, std = torch.tensor(data.mean).view(1, -1, 1, 1), torch.tensor(data.std).view(1, -1, 1, 1)
     x, x_test = (((d.images.float() / 255 - mean) / std).flatten(1) for d in (data.train, data.test))
     y, y_test = data.train.labels, data.test.labels
-    tr, va = split_train_val(len(y), task.val_fraction)
-    variants = {}
-    for prep in task.knn_preprocess:
-        bank, val, full, queries = x[tr], x[va], x, x_test
-        if prep == "zscore":
-            bank, val = standardize(bank, val)
-            full, queries = standardize(full, queries)
-        val_top1 = knn_top1(bank, y[tr], val, y[va], data.num_classes, (task.report_k,), task.temperature)
-        test_top1 = knn_top1(full, y, queries, y_test, data.num_classes, (task.report_k,), task.temperature)
-        variants[prep] = (val_top1[task.report_k], test_top1[task.report_k])
-    knn_variant = max(variants, key=lambda p: variants[p][0])
+    knn_rows = knn_sweep({"pixels": x}, y, {"pixels": x_test}, y_test, data.num_classes, task, ["pixels"])
+    best_key = best_variant(knn_rows, "pixels")
     probe = linear_probe_sweep({"pixels": x}, y, {"pixels": x_test}, y_test, data.num_classes, task.lrs,
                                task.weight_decays, task.epochs, val_fraction=task.val_fraction,
                                optimizer=task.probe_optimizer, progress=False)
-    return {"feature": "pixels", "knn_top1": variants[knn_variant][1], "knn_variant": knn_variant,
+    return {"feature": "pixels", "knn_top1": knn_rows[best_key][f"k{task.report_k}"],
+            "knn_variant": best_key.partition("+")[2] or "none",  # the preprocessing: "none" or "zscore"
             "knn_k": task.report_k, "linear_top1": probe.best.test_top1, "linear_lr": probe.best.lr}
 
 

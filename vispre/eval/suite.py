@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from torch import Tensor
 from timm.models.vision_transformer import VisionTransformer
 from tqdm.auto import tqdm
 
@@ -124,12 +125,44 @@ def pooled_row(vit: VisionTransformer, task: EvalTask, knn_rows: dict[str, dict[
     """The task's ``pooled`` entry: the exported timm embedding (``forward_head(forward_features(x),
     pre_logits=True)``) under the same selection rules as the best-of-features row, restricted to it (kNN
     preprocessing by val top-1 among the pooled variants at ``report_k``; probe lr / wd by val top-1)."""
-    variants = [key for key in knn_rows if key.split("+")[0] == "pooled"]
-    knn = max(variants, key=lambda key: knn_rows[key]["val_top1"])  # first of ties: the raw feature
+    knn = best_variant(knn_rows, "pooled")
     linear = probe.per_feature["pooled"]
     return {"feature": "pooled", "global_pool": str(vit.global_pool), "knn_top1": knn_rows[knn][f"k{task.report_k}"],
             "knn_variant": knn, "knn_k": task.report_k, "linear_top1": linear.test_top1, "linear_lr": linear.lr,
             "linear_weight_decay": linear.weight_decay}
+
+
+def knn_sweep(train_x: dict[str, Tensor], train_y: Tensor, test_x: dict[str, Tensor], test_y: Tensor,
+              num_classes: int, task: EvalTask, choices: Sequence[str]) -> dict[str, dict[str, float]]:
+    """kNN of every feature in ``choices`` x ``task.knn_preprocess``: val top-1 at ``report_k`` (bank = the
+    train part of train) and test top-1 for every k (bank = all of train).
+
+    Args:
+        train_x: {choice: [N, D]}, train_y: [N]; test_x: {choice: [M, D]}, test_y: [M].
+
+    Returns:
+        {key: {"val_top1", "k<k>" ...}}; key = the choice, or ``<choice>+zscore`` for z-scored features.
+    """
+    tr, va = split_train_val(len(train_y), task.val_fraction)
+    rows = {}
+    variants = [(c, p) for c in choices for p in task.knn_preprocess]
+    for choice, prep in tqdm(variants, desc=f"{task.name} kNN", leave=False):
+        x, x_test = train_x[choice], test_x[choice]
+        bank, val = x[tr], x[va]
+        if prep == "zscore":  # statistics from the bank only: train-part for val, all of train for test
+            bank, val = standardize(bank, val)
+            x, x_test = standardize(x, x_test)
+        val_knn = knn_top1(bank, train_y[tr], val, train_y[va], num_classes, (task.report_k,), task.temperature)
+        test_knn = knn_top1(x, train_y, x_test, test_y, num_classes, task.ks, task.temperature)
+        key = choice if prep == "none" else f"{choice}+{prep}"
+        rows[key] = {"val_top1": val_knn[task.report_k], **{f"k{k}": v for k, v in test_knn.items()}}
+    return rows
+
+
+def best_variant(knn_rows: dict[str, dict[str, float]], choice: str) -> str:
+    """The kNN preprocessing variant of ``choice`` with the best val top-1 (first of ties: the raw feature)."""
+    variants = [key for key in knn_rows if key.split("+")[0] == choice]
+    return max(variants, key=lambda key: knn_rows[key]["val_top1"])
 
 
 def evaluate_task(vit: VisionTransformer, task: EvalTask, cache_dir: str | Path | None = None) -> dict[str, Any]:
@@ -144,7 +177,6 @@ def evaluate_task(vit: VisionTransformer, task: EvalTask, cache_dir: str | Path 
     data = load_task_features(vit, task, cache_dir)  # streamed + cached (vispre.eval.extraction)
     train, test, num_classes = data.train, data.test, data.num_classes
     ftrain, ftest = train.features, test.features
-    tr, va = split_train_val(len(train.labels), task.val_fraction)
     y = train.labels
     few_shot = {}
     shots = feasible_shots(task.few_shot_shots, y, num_classes, task.name)
@@ -154,18 +186,7 @@ def evaluate_task(vit: VisionTransformer, task: EvalTask, cache_dir: str | Path 
         few_shot = few_shot_report(results, task.few_shot_feature)
     if len(shots) < len(task.few_shot_shots):
         few_shot["few_shot_skipped"] = [k for k in task.few_shot_shots if k not in shots]
-    knn_rows = {}
-    variants = [(c, p) for c in task.features for p in task.knn_preprocess]
-    for choice, prep in tqdm(variants, desc=f"{task.name} kNN", leave=False):
-        x, x_test = ftrain[choice], ftest[choice]
-        bank, val = x[tr], x[va]
-        if prep == "zscore":  # statistics from the bank only: train-part for val, all of train for test
-            bank, val = standardize(bank, val)
-            x, x_test = standardize(x, x_test)
-        val_knn = knn_top1(bank, y[tr], val, y[va], num_classes, (task.report_k,), task.temperature)
-        test_knn = knn_top1(x, y, x_test, test.labels, num_classes, task.ks, task.temperature)
-        key = choice if prep == "none" else f"{choice}+{prep}"
-        knn_rows[key] = {"val_top1": val_knn[task.report_k], **{f"k{k}": v for k, v in test_knn.items()}}
+    knn_rows = knn_sweep(ftrain, y, ftest, test.labels, num_classes, task, task.features)
     probe = linear_probe_sweep(ftrain, y, ftest, test.labels, num_classes, task.lrs, task.weight_decays,
                                task.epochs, val_fraction=task.val_fraction, optimizer=task.probe_optimizer)
     best_knn = max(knn_rows, key=lambda c: knn_rows[c]["val_top1"])
