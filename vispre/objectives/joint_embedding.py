@@ -9,6 +9,7 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from vispre.backbones.vit import MaskedViT
+from vispre.errors import VispreError
 from vispre.heads.projection import HeadFactory
 from vispre.objectives.base import Batch, LossFactory, PretrainObjective, build_loss, two_views
 from vispre.optim import OptimizerRecipe
@@ -26,20 +27,37 @@ class JointEmbedding(PretrainObjective):
         loss: a loss module ``loss(z1, z2) -> terms``, or a factory ``(num_heads, dim) -> loss`` sized by the
             projector (AMCL's losses); None: :attr:`default_loss`.
         optimizer: optimizer recipe (default AdamW).
+        token_drop: fraction of each view's patch tokens removed before the encoder in training (a fresh
+            random subset per image and view, prefix tokens kept; the pooled feature is taken over the kept
+            tokens). 0 (default) encodes every token. FLIP (Li et al., "Scaling Language-Image Pre-training via
+            Masking", CVPR 2023) drops 50 % for ~2x cheaper steps at equal accuracy per epoch; evaluation and
+            the exported model always see all tokens.
     """
 
     default_projector: ClassVar[HeadFactory]
     default_loss: ClassVar[Callable[[], nn.Module]]
 
     def __init__(self, backbone: MaskedViT, *, projector: HeadFactory | None = None,
-                 loss: nn.Module | LossFactory | None = None, optimizer: OptimizerRecipe | None = None) -> None:
+                 loss: nn.Module | LossFactory | None = None, optimizer: OptimizerRecipe | None = None,
+                 token_drop: float = 0.0) -> None:
         super().__init__(backbone, optimizer=optimizer)
+        if not 0.0 <= token_drop < 1.0:
+            raise VispreError(f"token_drop must be in [0, 1) (the fraction of patch tokens removed), "
+                              f"got {token_drop!r}")
+        self.token_drop = token_drop
         self.projector = (projector or self.default_projector)(backbone.embed_dim)
         self.loss = build_loss(loss, self.projector, default=self.default_loss)
 
     def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
         v1, v2 = two_views(batch, type(self).__name__)
-        return self.loss(self.projector(self.backbone(v1)), self.projector(self.backbone(v2)))
+        return self.loss(self.projector(self.encode(v1)), self.projector(self.encode(v2)))
+
+    def encode(self, view: Tensor) -> Tensor:
+        """Pooled backbone feature of one view, [B, C, H, W] -> [B, D]: of a random ``1 - token_drop`` of its
+        patch tokens in training, of all tokens otherwise."""
+        if self.token_drop > 0 and self.training:
+            return self.backbone.pool(self.backbone.forward_masked(view, self.token_drop).tokens)
+        return self.backbone(view)
 
 
 __all__ = ["JointEmbedding"]
