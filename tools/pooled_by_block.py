@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
 from timm.models.vision_transformer import VisionTransformer
 
-from vispre.backbones import MaskedViT
-from vispre.data.fashion_mnist import MEAN, STD, load_fashion_mnist
+from vispre.commands.config import build_from_config
+from vispre.data.fashion_mnist import CLASSES, MEAN, STD, load_fashion_mnist
+from vispre.data.transforms import EvalView
+from vispre.eval.features import apply_view
 from vispre.eval.knn import knn_top1, standardize
 from vispre.hub import load_backbone
 
 POOLS = ("max", "mean")
+QUICKSTART_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mae" / "vit_tiny_fashion_mnist.yaml"
 
 
 @torch.no_grad()
@@ -41,10 +45,8 @@ def pooled_by_block(vit: VisionTransformer, images: Tensor, batch_size: int = 10
 
 
 def untrained_quickstart_vit(seed: int = 0) -> VisionTransformer:
-    """The quickstart ViT shape (dim 192, depth 6, patch 7, 28 px grey), initial weights, max pooling."""
-    torch.manual_seed(seed)
-    return MaskedViT(model_name="vit_tiny_patch16_224", img_size=28, patch_size=7, in_chans=1, embed_dim=192,
-                     depth=6, num_heads=3, global_pool="max", fc_norm=False).vit
+    """The quickstart config's backbone (configs/mae/vit_tiny_fashion_mnist.yaml) with its initial weights."""
+    return build_from_config([QUICKSTART_CONFIG], [f"--seed_everything={seed}"]).model.backbone.vit
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -62,14 +64,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     train = load_fashion_mnist("train")
     order = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(args.seed))
     bank_ids, query_ids = order[:args.bank], order[len(order) - args.queries:]
-    images = (train.images.float() / 255 - torch.tensor(MEAN).view(1, -1, 1, 1)) / torch.tensor(STD).view(1, -1, 1, 1)
+    images = apply_view(EvalView(train.images.shape[-1], MEAN, STD), train.images)
     bank, queries = pooled_by_block(vit, images[bank_ids]), pooled_by_block(vit, images[query_ids])
     print(f"| block | max kNN top-1 (k={args.k}) | mean kNN top-1 (k={args.k}) |\n|---|---|---|")
     for block in range(1, len(vit.blocks) + 1):
         cells = []
         for pool in POOLS:
             b, q = standardize(bank[f"b{block}_{pool}"], queries[f"b{block}_{pool}"])
-            top1 = knn_top1(b, train.labels[bank_ids], q, train.labels[query_ids], 10, ks=(args.k,))[args.k]
+            top1 = knn_top1(b, train.labels[bank_ids], q, train.labels[query_ids], len(CLASSES), ks=(args.k,))[args.k]
             cells.append(f"{top1:.4f}")
         print(f"| {block} | {' | '.join(cells)} |", flush=True)
 

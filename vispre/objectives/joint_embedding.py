@@ -30,8 +30,8 @@ class JointEmbedding(PretrainObjective):
         token_drop: fraction of each view's patch tokens removed before the encoder in training (a fresh
             random subset per image and view, prefix tokens kept; the pooled feature is taken over the kept
             tokens). 0 (default) encodes every token. FLIP (Li et al., "Scaling Language-Image Pre-training via
-            Masking", CVPR 2023) drops 50 % for ~2x cheaper steps at equal accuracy per epoch; evaluation and
-            the exported model always see all tokens.
+            Masking", CVPR 2023) drops 50 % to make a step ~2x cheaper; evaluation and the exported model always
+            see all tokens.
     """
 
     default_projector: ClassVar[HeadFactory]
