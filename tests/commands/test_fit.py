@@ -75,7 +75,20 @@ def test_validate_is_not_a_command(capsys: pytest.CaptureFixture) -> None:
     assert "unknown command 'validate'" in capsys.readouterr().err
 
 
-def test_quickstart_streaming_path_trains_from_real_shards(tmp_path: Path) -> None:
+# `make quickstart`'s (run config, streaming data config) pairs: the default (SimCLR) and MAE, one config away.
+QUICKSTART_PAIRS = [("simclr/vit_p14_max_fashion_mnist.yaml", "data/fashion_mnist_wds_two_views.yaml"),
+                    ("mae/vit_tiny_fashion_mnist.yaml", "data/fashion_mnist_wds.yaml")]
+
+
+def test_the_makefile_defaults_are_the_first_quickstart_pair() -> None:
+    makefile = (CONFIGS.parent / "Makefile").read_text()
+    run_config, data_config = QUICKSTART_PAIRS[0]
+    assert f"QUICKSTART_CONFIG ?= configs/{run_config}" in makefile
+    assert f"QUICKSTART_DATA ?= configs/{data_config}" in makefile
+
+
+@pytest.mark.parametrize("run_config,data_config", QUICKSTART_PAIRS)
+def test_quickstart_streaming_path_trains_from_real_shards(tmp_path: Path, run_config: str, data_config: str) -> None:
     """`make quickstart`'s data path: Fashion-MNIST images -> shards -> the streaming config with its worker."""
     from vispre.data.fashion_mnist import load_fashion_mnist
     from vispre.data.shard_writer import write_shards
@@ -83,7 +96,7 @@ def test_quickstart_streaming_path_trains_from_real_shards(tmp_path: Path) -> No
     data = load_fashion_mnist("train")
     write_shards(list(zip(data.images[:256], data.labels[:256].tolist())), tmp_path / "wds", samples_per_shard=128,
                  progress=False)
-    args = ["fit", "--config", str(QUICKSTART), "--config", str(CONFIGS / "data/fashion_mnist_wds.yaml"),
+    args = ["fit", "--config", str(CONFIGS / run_config), "--config", str(CONFIGS / data_config),
             f"--data.init_args.urls={tmp_path / 'wds'}", "--data.init_args.batch_size=32",
             "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", f"--runs_dir={tmp_path}", "--run_name=qs"]
     assert main(args) == 0
