@@ -3,10 +3,11 @@
 Each block's patch tokens get the final norm (timm ``forward_intermediates(norm=True)``), are max- or mean-pooled
 and z-scored with the bank's statistics; cosine kNN (T = 0.07, the suite's rule) over a seeded subset of the
 Fashion-MNIST train split, queried with other held-out train images (the test split is never read). After the
-last block, ``max`` is the suite's ``max`` feature. ``untrained`` instead of a run gives a ViT of the quickstart
-shape with its initial weights, for the comparison.
+last block, ``max`` is the suite's ``max`` feature. ``untrained`` instead of a run gives a ViT of a run config's
+shape (``--config``, default the quickstart's) with its initial weights, for the comparison.
 
     python tools/pooled_by_block.py runs/quickstart/version_0 [--bank 20000] [--queries 10000] [--k 20]
+    python tools/pooled_by_block.py untrained --config configs/mae/vit_tiny_fashion_mnist.yaml
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from vispre.eval.knn import knn_top1, standardize
 from vispre.hub import load_backbone
 
 POOLS = ("max", "mean")
-QUICKSTART_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mae" / "vit_tiny_fashion_mnist.yaml"
+QUICKSTART_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "simclr" / "vit_p14_max_fashion_mnist.yaml"
 
 
 @torch.no_grad()
@@ -44,9 +45,10 @@ def pooled_by_block(vit: VisionTransformer, images: Tensor, batch_size: int = 10
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
-def untrained_quickstart_vit(seed: int = 0) -> VisionTransformer:
-    """The quickstart config's backbone (configs/mae/vit_tiny_fashion_mnist.yaml) with its initial weights."""
-    return build_from_config([QUICKSTART_CONFIG], [f"--seed_everything={seed}"]).model.backbone.vit
+def untrained_vit(seed: int = 0, config: str | Path = QUICKSTART_CONFIG) -> VisionTransformer:
+    """The backbone of run ``config`` (default: the quickstart's, the Makefile's QUICKSTART_CONFIG) with its
+    initial weights."""
+    return build_from_config([config], [f"--seed_everything={seed}"]).model.backbone.vit
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -56,10 +58,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=10000, help="other train images queried")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", default=str(QUICKSTART_CONFIG), help="run config of the 'untrained' ViT")
     args = parser.parse_args(argv)
     if args.bank + args.queries > 60000:
         parser.error(f"--bank + --queries must be at most 60000 (the train split), got {args.bank + args.queries}")
-    vit = untrained_quickstart_vit(args.seed) if args.backbone == "untrained" else load_backbone(args.backbone)
+    vit = untrained_vit(args.seed, args.config) if args.backbone == "untrained" else load_backbone(args.backbone)
     vit.eval()
     train = load_fashion_mnist("train")
     order = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(args.seed))

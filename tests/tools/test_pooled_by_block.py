@@ -11,7 +11,7 @@ from tests.helpers import REPO_ROOT, tiny_vit
 
 sys.path.insert(0, str(REPO_ROOT / "tools"))  # tools/ is not a package
 
-from pooled_by_block import pooled_by_block, untrained_quickstart_vit  # noqa: E402
+from pooled_by_block import pooled_by_block, untrained_vit  # noqa: E402
 from vispre.eval.features import token_features  # noqa: E402
 
 
@@ -31,6 +31,6 @@ def test_every_block_pooled_and_the_last_equals_the_suite_features() -> None:
 
 
 def test_untrained_vit_is_seeded() -> None:
-    a, b = untrained_quickstart_vit(3), untrained_quickstart_vit(3)
+    a, b = untrained_vit(3), untrained_vit(3)
     assert (len(a.blocks), a.embed_dim, a.global_pool) == (6, 192, "max")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
