@@ -13,7 +13,8 @@ from vispre.backbones import MaskedViT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
-QUICKSTART_CONFIG = CONFIGS / "mae/vit_tiny_fashion_mnist.yaml"
+MAE_CONFIG = CONFIGS / "mae/vit_tiny_fashion_mnist.yaml"
+"""The MAE Fashion-MNIST run config (the quickstart until 2026-12-02): the full run config most tests build."""
 TINY_DECODER = dict(decoder_dim=16, decoder_depth=1, decoder_num_heads=2)
 """Decoder sizes of the tiny MAE used across the tests."""
 

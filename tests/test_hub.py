@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 import vispre
-from tests.helpers import (QUICKSTART_CONFIG, assert_same_weights, backbone_args, build_run, cpu_trainer,
+from tests.helpers import (MAE_CONFIG, assert_same_weights, backbone_args, build_run, cpu_trainer,
                            lightning_checkpoint, one_thread, perturbed, synthetic_data_args, tiny_mae, tiny_mae_run,
                            tiny_vit)
 from vispre.backbones import MaskedViT
@@ -112,9 +112,9 @@ def test_pos_embed_is_resampled_for_another_image_size(mae_run: tuple[MAE, Path]
 
 
 def test_warm_start_from_a_config(tmp_path: Path) -> None:
-    backbone = perturbed(MaskedViT(**backbone_args(QUICKSTART_CONFIG)))
+    backbone = perturbed(MaskedViT(**backbone_args(MAE_CONFIG)))
     torch.save({"model": backbone.vit.state_dict()}, tmp_path / "mae_style.pth")
-    built = build_run([QUICKSTART_CONFIG], [*synthetic_data_args(QUICKSTART_CONFIG),
+    built = build_run([MAE_CONFIG], [*synthetic_data_args(MAE_CONFIG),
                                             f"--model.backbone.init_args.init_from={tmp_path / 'mae_style.pth'}"],
                       tmp_path, trainer=False)
     assert_same_weights(built.model.backbone, backbone)

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import QUICKSTART_CONFIG, lightning_checkpoint, synthetic_data_args, tiny_mae
+from tests.helpers import MAE_CONFIG, lightning_checkpoint, synthetic_data_args, tiny_mae
 from vispre.commands import main
 from vispre.commands.bench import build_checked
 from vispre.commands.checks import check_resume, first_state_difference, read_resume_checkpoint
 from vispre.errors import VispreError
 
-SYNTHETIC = synthetic_data_args(QUICKSTART_CONFIG)  # 28x28 grey images, as the quickstart's backbone expects
+SYNTHETIC = synthetic_data_args(MAE_CONFIG)  # 28x28 grey images, as the quickstart's backbone expects
 QUIET = ["--trainer.max_steps=1", "--trainer.enable_progress_bar=false", "--trainer.logger=false"]
 
 
@@ -28,7 +28,7 @@ QUIET = ["--trainer.max_steps=1", "--trainer.enable_progress_bar=false", "--trai
 def test_fit_refuses_a_model_that_does_not_fit_the_data(override: str, message: str, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
     """Before: a 110-line AssertionError after training started (img_size), or a conv2d message (in_chans)."""
-    args = ["fit", "--config", str(QUICKSTART_CONFIG), *SYNTHETIC, override, *QUIET, f"--runs_dir={tmp_path}"]
+    args = ["fit", "--config", str(MAE_CONFIG), *SYNTHETIC, override, *QUIET, f"--runs_dir={tmp_path}"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"vispre fit: error: {message}")
@@ -37,7 +37,7 @@ def test_fit_refuses_a_model_that_does_not_fit_the_data(override: str, message: 
 def test_bench_refuses_a_model_that_does_not_fit_the_data_view() -> None:
     """The quickstart's Fashion-MNIST module (28 px MAEView) against a 32 px backbone."""
     with pytest.raises(VispreError, match=r"img_size is 32 but data.init_args.view \(MAEView\) makes 28x28 images"):
-        build_checked([str(QUICKSTART_CONFIG)], ["--model.init_args.backbone.init_args.img_size=32",
+        build_checked([str(MAE_CONFIG)], ["--model.init_args.backbone.init_args.img_size=32",
                                                  "--model.init_args.backbone.init_args.patch_size=8"])
 
 
@@ -90,7 +90,7 @@ def test_fit_reads_ckpt_path_safely_before_lightning(content: bytes | None, mess
         torch.save({"state_dict": {}, "x": SystemCall()}, path)
     else:
         path.write_bytes(content)
-    args = ["fit", "--config", str(QUICKSTART_CONFIG), *SYNTHETIC, *QUIET, f"--ckpt_path={path}",
+    args = ["fit", "--config", str(MAE_CONFIG), *SYNTHETIC, *QUIET, f"--ckpt_path={path}",
             f"--runs_dir={tmp_path}"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()

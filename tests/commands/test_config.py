@@ -13,7 +13,7 @@ import torch
 import yaml
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
-from tests.helpers import CONFIGS, CPU_TRAINER, QUICKSTART_CONFIG, backbone_args, build_run, synthetic_data_args
+from tests.helpers import CONFIGS, CPU_TRAINER, MAE_CONFIG, backbone_args, build_run, synthetic_data_args
 from vispre.callbacks.safety import AtomicCheckpointIO
 from vispre.callbacks.speed import SpeedSwitchboard
 from vispre.commands import main
@@ -77,7 +77,7 @@ def test_every_config_builds_and_takes_one_optimizer_step(config: Path, tmp_path
 
 def test_the_data_module_is_parsed_but_only_built_on_request(tmp_path: Path) -> None:
     """A shard config whose shards do not exist still gives its objective and its (overridden) batch size."""
-    configs = [QUICKSTART_CONFIG, CONFIGS / "data/fashion_mnist_wds.yaml"]
+    configs = [MAE_CONFIG, CONFIGS / "data/fashion_mnist_wds.yaml"]
     missing = f"--data.init_args.urls={tmp_path / 'no_shards_here'}"
     built = build_from_config(configs, [missing, "--data.init_args.batch_size=12"])
     assert isinstance(built.model, PretrainObjective) and built.datamodule is None and built.trainer is None
@@ -88,7 +88,7 @@ def test_the_data_module_is_parsed_but_only_built_on_request(tmp_path: Path) -> 
 
 def test_config_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        build_from_config([QUICKSTART_CONFIG], ["--model.init_args.decoder_dim=wide"])
+        build_from_config([MAE_CONFIG], ["--model.init_args.decoder_dim=wide"])
     assert str(info.value).startswith('Parser key "model":') and "\n" not in str(info.value)
     assert "decoder_dim" in str(info.value)
     with pytest.raises(FileNotFoundError, match="config .*nope.yaml does not exist"):
@@ -96,7 +96,7 @@ def test_config_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_ddp_config(tmp_path: Path) -> None:
-    built = build_run([QUICKSTART_CONFIG, SPEED / "ddp.yaml"], [*CPU, "--trainer.precision=32-true"], tmp_path)
+    built = build_run([MAE_CONFIG, SPEED / "ddp.yaml"], [*CPU, "--trainer.precision=32-true"], tmp_path)
     assert isinstance(built.trainer.strategy, DDPStrategy)
     ddp = built.config.trainer.strategy.init_args
     assert ddp.static_graph is True and ddp.gradient_as_bucket_view is True and ddp.find_unused_parameters is False
@@ -105,7 +105,7 @@ def test_ddp_config(tmp_path: Path) -> None:
 
 def test_fsdp_config_builds_its_strategy(tmp_path: Path) -> None:
     if torch.cuda.is_available():
-        assert isinstance(build_run([QUICKSTART_CONFIG, SPEED / "fsdp.yaml"], [], tmp_path).trainer.strategy,
+        assert isinstance(build_run([MAE_CONFIG, SPEED / "fsdp.yaml"], [], tmp_path).trainer.strategy,
                           FSDPStrategy)
         return
     # no GPU for a Trainer: check that the YAML's strategy section builds the intended FSDPStrategy by itself
@@ -113,7 +113,7 @@ def test_fsdp_config_builds_its_strategy(tmp_path: Path) -> None:
     from torch.distributed.fsdp import ShardingStrategy
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-    trainer = build_from_config([QUICKSTART_CONFIG, SPEED / "fsdp.yaml"]).config.trainer
+    trainer = build_from_config([MAE_CONFIG, SPEED / "fsdp.yaml"]).config.trainer
     assert trainer.strategy.class_path == "lightning.pytorch.strategies.FSDPStrategy"
     assert trainer.precision == "bf16-mixed" and trainer.devices == -1
     init_args = dict(vars(trainer.strategy.init_args))
@@ -132,7 +132,7 @@ def _as_class(value: object) -> type:
 
 
 def test_bf16_compile_switchboard_config(tmp_path: Path) -> None:
-    built = build_run([QUICKSTART_CONFIG, SPEED / "bf16_compile.yaml"], CPU, tmp_path)
+    built = build_run([MAE_CONFIG, SPEED / "bf16_compile.yaml"], CPU, tmp_path)
     boards = [c for c in built.trainer.callbacks if isinstance(c, SpeedSwitchboard)]
     assert len(boards) == 1 and boards[0].compile and boards[0].matmul_precision == "high"
     assert built.trainer.precision == "bf16-mixed"

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import QUICKSTART_CONFIG as QUICKSTART
+from tests.helpers import MAE_CONFIG as QUICKSTART
 from tests.helpers import synthetic_data_args
 from vispre.backbones.vit import describe_vit
 from vispre.commands import main

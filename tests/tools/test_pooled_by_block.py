@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from tests.helpers import REPO_ROOT, tiny_vit
+from tests.helpers import MAE_CONFIG, REPO_ROOT, tiny_vit
 
 sys.path.insert(0, str(REPO_ROOT / "tools"))  # tools/ is not a package
 
@@ -32,5 +32,9 @@ def test_every_block_pooled_and_the_last_equals_the_suite_features() -> None:
 
 def test_untrained_vit_is_seeded() -> None:
     a, b = untrained_vit(3), untrained_vit(3)
-    assert (len(a.blocks), a.embed_dim, a.global_pool) == (6, 192, "max")
+    assert (len(a.blocks), a.embed_dim, a.global_pool, a.patch_embed.patch_size) == (6, 192, "max", (14, 14))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_untrained_vit_takes_the_shape_of_the_config_given() -> None:
+    assert untrained_vit(0, MAE_CONFIG).patch_embed.patch_size == (7, 7)
