@@ -12,11 +12,10 @@ import yaml
 from tests.helpers import CONFIGS, MAE_CONFIG, synthetic_data_args
 from vispre.commands import main
 
-MAE = MAE_CONFIG
 
 
 def test_quickstart_fit_writes_run_folder_and_resumes(tmp_path: Path) -> None:
-    args = ["fit", "--config", str(MAE), *synthetic_data_args(MAE), "--data.num_samples=16",
+    args = ["fit", "--config", str(MAE_CONFIG), *synthetic_data_args(MAE_CONFIG), "--data.num_samples=16",
             "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
             f"--runs_dir={tmp_path}", "--run_name=qs"]
     assert main(args) == 0
@@ -35,7 +34,7 @@ def test_quickstart_fit_writes_run_folder_and_resumes(tmp_path: Path) -> None:
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    common = ["--config", str(MAE), *synthetic_data_args(MAE), "--trainer.max_epochs=1",
+    common = ["--config", str(MAE_CONFIG), *synthetic_data_args(MAE_CONFIG), "--trainer.max_epochs=1",
               "--trainer.enable_progress_bar=false", f"--runs_dir={tmp_path}", "--run_name=a"]
     assert main(["fit", *common, "--model.backbone.init_args.depth=2"]) == 0
     ckpt = tmp_path / "a" / "version_0" / "checkpoints" / "last.ckpt"
@@ -47,7 +46,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path: Path, capsys: p
 
 def test_unknown_config_key_is_named_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "bad.yaml"
-    config = yaml.safe_load(MAE.read_text())
+    config = yaml.safe_load(MAE_CONFIG.read_text())
     config["model"]["init_args"]["mask_ratoi"] = 0.5
     bad.write_text(yaml.safe_dump(config))
     assert main(["fit", "--config", str(bad), f"--runs_dir={tmp_path}"]) == 2
@@ -63,7 +62,7 @@ def test_unknown_config_key_is_named_on_one_line(tmp_path: Path, capsys: pytest.
 ])
 def test_bad_values_give_one_line_errors(override: str, message: str, tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:
-    code = main(["fit", "--config", str(MAE), override, f"--runs_dir={tmp_path}"])
+    code = main(["fit", "--config", str(MAE_CONFIG), override, f"--runs_dir={tmp_path}"])
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vispre fit: error: ") and message in err and len(err.splitlines()) == 1
@@ -71,7 +70,7 @@ def test_bad_values_give_one_line_errors(override: str, message: str, tmp_path: 
 
 def test_validate_is_not_a_command(capsys: pytest.CaptureFixture) -> None:
     """No objective has a validation step, so `vispre validate` is not offered (it could only fail)."""
-    assert main(["validate", "--config", str(MAE)]) == 2
+    assert main(["validate", "--config", str(MAE_CONFIG)]) == 2
     assert "unknown command 'validate'" in capsys.readouterr().err
 
 
@@ -106,7 +105,7 @@ def test_quickstart_streaming_path_trains_from_real_shards(tmp_path: Path, run_c
     assert ckpt["global_step"] == 256 // 32  # one worker, 2 shards of 128: every sample once, 8 full batches
 
 
-TINY_RUN = ["--config", str(MAE), *synthetic_data_args(MAE), "--model.backbone.init_args.depth=1",
+TINY_RUN = ["--config", str(MAE_CONFIG), *synthetic_data_args(MAE_CONFIG), "--model.backbone.init_args.depth=1",
             "--model.backbone.init_args.embed_dim=48", "--model.backbone.init_args.num_heads=3",
             "--model.init_args.decoder_dim=32", "--model.init_args.decoder_depth=1", "--trainer.max_epochs=1",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
