@@ -17,6 +17,7 @@ from lightning.pytorch import LightningDataModule
 
 from vispre.backbones.vit import describe_vit
 from vispre.backbones.weights import safe_torch_load
+from vispre.data.batch_views import BatchViewTransform
 from vispre.errors import VispreError
 from vispre.objectives.base import PretrainObjective, check_same_architecture
 
@@ -58,6 +59,8 @@ def data_shape(datamodule: LightningDataModule, img_size: int) -> DataShape | No
             return None
         with torch.random.fork_rng(devices=[]):  # random crops must not shift the run's random stream
             first = view(torch.zeros(channels, img_size, img_size, dtype=torch.uint8))[0]
+            if isinstance(view, BatchViewTransform):  # the image it loads; the views come from the batch
+                first = view.batch_views(first[None])[0][0]
         return DataShape((int(first.shape[-2]), int(first.shape[-1])), channels,
                          f"data.init_args.view ({type(view).__name__})")
     dataset = getattr(datamodule, "dataset", None)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from vispre.data.batch_views import apply_batch_views
 from vispre.data.fashion_mnist import MEAN, STD, load_fashion_mnist
 from vispre.data.preview import PreviewImages, resize_crop, view_normalisation
 from vispre.data.resume import (LoaderPosition, ResumableShuffleSampler, position_from_state, position_state,
@@ -98,6 +99,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.resume_position = position_from_state(state_dict)
         if self.sampler is not None and self.resume_position is not None:
             self.sampler.resume_at(self.resume_position)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Views made on the batch (:class:`~vispre.data.BatchSimCLRViews`) are made here, on the training device."""
+        return apply_batch_views(self.view, batch)
 
     def preview_images(self, count: int, img_size: int) -> PreviewImages:
         """The first ``count`` images of the held-out test split, at ``img_size`` (not augmented).

@@ -35,6 +35,7 @@ from torchvision.io import ImageReadMode, decode_image
 from webdataset.tariterators import group_by_keys
 
 from vispre.data.bad_samples import BadSampleCounter, BadSampleLimitError, log
+from vispre.data.batch_views import apply_batch_views
 from vispre.data.preview import PreviewImages, view_normalisation
 from vispre.data.resume import LoaderPosition, position_from_state, position_state, trained_position
 from vispre.data.shard_counts import with_sample_counts
@@ -324,6 +325,10 @@ class WebDatasetDataModule(L.LightningDataModule):
         if self.loader is not None and self.resume_position is not None:
             self.loader.resume_at(self.resume_position)
             self.resume_position = None
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Views made on the batch (:class:`~vispre.data.BatchSimCLRViews`) are made here, on the training device."""
+        return apply_batch_views(self.view, batch)
 
     def preview_images(self, count: int, img_size: int) -> PreviewImages:
         """The first ``count`` readable samples in shard order, resized and centre-cropped (not augmented).

@@ -162,6 +162,9 @@ class SimCLRViews(ViewTransform):
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         blurs, solarizes = _per_view(blur_prob, 2, "blur_prob"), _per_view(solarize_prob, 2, "solarize_prob")
         photo = _Photometric((brightness, contrast, saturation, hue), jitter_prob, grey_prob, blur_sigma, mean, std)
+        # the settings, for BatchSimCLRViews (vispre.data.batch_views), which makes the same views batch-wise
+        self.img_size, self.scale, self.hflip, self.photo = img_size, tuple(scale), hflip, photo
+        self.blur_probs, self.solarize_probs = blurs, solarizes
         self.transform = [_augmented_view(img_size, scale, hflip, photo, blur, solarize)
                           for blur, solarize in zip(blurs, solarizes)]
 
