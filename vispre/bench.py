@@ -16,11 +16,13 @@ and the optimizer, so MFU = counted FLOPs / step time / the device's dense bf16 
 from __future__ import annotations
 
 import os
+import platform
 import resource
 import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -146,7 +148,18 @@ def bench_objective(model: PretrainObjective, name: str, batch_size: int, steps:
                        batch_size / median, memory, kind, flops, mfu)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows, for benchmark records."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return f"cpu {cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"

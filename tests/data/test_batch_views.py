@@ -13,7 +13,8 @@ from torchvision.transforms import RandomResizedCrop, v2
 from torchvision.transforms.v2 import functional as F
 
 from vispre.commands.checks import data_shape
-from vispre.data import BatchSimCLRViews, MAEView, SimCLRViews, ViewDataset, ViewTransform
+from vispre.data import (BatchMultiCropViews, BatchSimCLRViews, MAEView, MultiCropViews, SimCLRViews, ViewDataset,
+                         ViewTransform)
 from vispre.data import batch_views as bv
 from vispre.errors import VispreError
 
@@ -135,28 +136,52 @@ def test_all_off_is_exact_normalisation() -> None:
         torch.testing.assert_close(view, expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("chans", [1, 3])
-def test_mean_view_matches_the_per_image_pipeline(chans: int) -> None:
-    """Both pipelines draw from the same distributions, so the average of many views of one image agrees."""
-    image = torch.zeros(chans, 20, 20, dtype=torch.uint8)
-    image[:, 4:14, 3:10] = 220
-    image[0, 10:18, 12:19] = 120
-    settings = dict(img_size=20, scale=(0.3, 1.0), blur_prob=(0.5, 0.1), solarize_prob=(0.0, 0.2),
-                    mean=(0.0,) * chans, std=(1.0,) * chans)
-    count = 1000
-    torch.manual_seed(0)
-    per_image = SimCLRViews(**settings)
-    theirs = [torch.stack(v) for v in zip(*(per_image(image) for _ in range(count)))]
-    ours = BatchSimCLRViews(**settings).batch_views(image.expand(count, -1, -1, -1))
-    for a, b in zip(ours, theirs):  # [count, C, 20, 20]; checked to fail with no flip, scale (0.08, 1), no
-        # solarising (the mean view), no jitter or brightness 0.8 (the spread of each view's contrast)
-        mean_a, mean_b = a.mean(0), b.mean(0)  # a pixel's mean has a standard error of ~0.01
+def assert_same_view_distribution(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> None:
+    """Views [count, C, S, S] of one image from two pipelines: mean view, its row / column profiles, and the
+    spread of each view's contrast agree (a pixel's mean has a standard error of ~0.01 at count 1000)."""
+    assert [a.shape for a in ours] == [b.shape for b in theirs]
+    for a, b in zip(ours, theirs):
+        mean_a, mean_b = a.mean(0), b.mean(0)
         assert (mean_a - mean_b).abs().max() < 0.06
         assert (mean_a.mean(dim=-1) - mean_b.mean(dim=-1)).abs().max() < 0.03  # row profiles
         assert (mean_a.mean(dim=-2) - mean_b.mean(dim=-2)).abs().max() < 0.03  # column profiles
         assert abs(mean_a.mean() - mean_b.mean()) < 0.01
         contrast_a, contrast_b = a.std(dim=(1, 2, 3)), b.std(dim=(1, 2, 3))
         assert abs(contrast_a.mean() - contrast_b.mean()) < 0.01 and abs(contrast_a.std() - contrast_b.std()) < 0.01
+
+
+def two_box_image(chans: int) -> torch.Tensor:
+    image = torch.zeros(chans, 20, 20, dtype=torch.uint8)
+    image[:, 4:14, 3:10] = 220
+    image[0, 10:18, 12:19] = 120
+    return image
+
+
+@pytest.mark.parametrize("chans", [1, 3])
+def test_mean_view_matches_the_per_image_pipeline(chans: int) -> None:
+    """Both pipelines draw from the same distributions, so the average of many views of one image agrees
+    (checked to fail with no flip, scale (0.08, 1), no solarising (the mean view), no jitter or brightness 0.8
+    (the spread of each view's contrast))."""
+    image, count = two_box_image(chans), 1000
+    settings = dict(img_size=20, scale=(0.3, 1.0), blur_prob=(0.5, 0.1), solarize_prob=(0.0, 0.2),
+                    mean=(0.0,) * chans, std=(1.0,) * chans)
+    torch.manual_seed(0)
+    per_image = SimCLRViews(**settings)
+    theirs = [torch.stack(v) for v in zip(*(per_image(image) for _ in range(count)))]
+    assert_same_view_distribution(BatchSimCLRViews(**settings).batch_views(image.expand(count, -1, -1, -1)), theirs)
+
+
+def test_multi_crop_mean_views_match_the_per_image_pipeline() -> None:
+    image, count = two_box_image(1), 1000
+    settings = dict(global_size=20, local_size=10, num_local=2, global_scale=(0.4, 1.0), local_scale=(0.1, 0.4),
+                    global_blur_prob=(1.0, 0.1), local_blur_prob=0.5, global_solarize_prob=(0.0, 0.2),
+                    mean=(0.0,), std=(1.0,))
+    torch.manual_seed(0)
+    per_image = MultiCropViews(**settings)
+    theirs = [torch.stack(v) for v in zip(*(per_image(image) for _ in range(count)))]
+    ours = BatchMultiCropViews(**settings).batch_views(image.expand(count, -1, -1, -1))
+    assert [tuple(v.shape[-2:]) for v in ours] == [(20, 20)] * 2 + [(10, 10)] * 2
+    assert_same_view_distribution(ours, theirs)
 
 
 def test_seeded_views_are_reproducible_and_differ_between_views() -> None:
@@ -195,12 +220,31 @@ def test_collated_batch_gets_its_views_from_the_hook() -> None:
     assert bv.apply_batch_views(MAEView(28), per_image)["views"] is per_image["views"]
 
 
-def test_builds_from_yaml_and_the_shape_check_sees_the_views() -> None:
+def view_from_yaml(yaml: str) -> ViewTransform:
     parser = jsonargparse.ArgumentParser()
     parser.add_argument("--view", type=ViewTransform)
-    view = parser.instantiate_classes(parser.parse_string(
-        "view: {class_path: vispre.data.BatchSimCLRViews, init_args: {img_size: 20, load_size: 24, "
-        "blur_prob: [1.0, 0.1], mean: [0.3], std: [0.4]}}")).view
-    assert isinstance(view, BatchSimCLRViews) and view.load_size == 24 and view.blur_probs == [1.0, 0.1]
+    return parser.instantiate_classes(parser.parse_string(yaml)).view
+
+
+def test_builds_from_yaml_and_the_shape_check_sees_the_views() -> None:
+    view = view_from_yaml("view: {class_path: vispre.data.BatchSimCLRViews, init_args: {img_size: 20, load_size: 24, "
+                          "blur_prob: [1.0, 0.1], mean: [0.3], std: [0.4]}}")
+    assert isinstance(view, BatchSimCLRViews) and view.load_size == 24
+    assert [recipe.blur_prob for recipe in view.recipes] == [1.0, 0.1]
     shape = data_shape(SimpleNamespace(view=view, in_chans=1), 24)
     assert shape is not None and shape.size == (20, 20) and shape.channels == 1
+
+
+def test_multi_crop_builds_from_yaml_loads_at_the_global_size_and_checks_its_arguments() -> None:
+    view = view_from_yaml("view: {class_path: vispre.data.BatchMultiCropViews, init_args: {global_size: 28, "
+                          "local_size: 14, num_local: 3, global_blur_prob: [0.0, 0.0], mean: [0.3], std: [0.4]}}")
+    assert isinstance(view, BatchMultiCropViews) and view.load_size == 28 and view.num_views == 5
+    assert [(r.size, r.scale) for r in view.recipes] == [(28, (0.4, 1.0))] * 2 + [(14, (0.05, 0.4))] * 3
+    loaded = view(torch.randint(0, 256, (1, 40, 30), dtype=torch.uint8))
+    assert len(loaded) == 1 and loaded[0].shape == (1, 28, 28)
+    views = view.batch_views(torch.stack(loaded * 4))
+    assert [tuple(v.shape) for v in views] == [(4, 1, 28, 28)] * 2 + [(4, 1, 14, 14)] * 3
+    with pytest.raises(VispreError, match="num_local must be >= 0, got -1"):
+        BatchMultiCropViews(num_local=-1)
+    with pytest.raises(VispreError, match="load_size must be >= 1, got 0"):
+        BatchMultiCropViews(load_size=0)

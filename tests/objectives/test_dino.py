@@ -180,7 +180,9 @@ def test_fashion_mnist_configs_train_on_their_multicrop_views(config: str, tmp_p
                                            "--trainer.enable_checkpointing=false"], tmp_path)
     assert built.trainer.gradient_clip_val == 3.0 and built.model.optimizer_recipe.weight_decay_end == 0.4
     built.datamodule.setup("fit")
-    views = next(iter(built.datamodule.train_dataloader()))["views"]
+    loaded = next(iter(built.datamodule.train_dataloader()))  # the configs make their crops on the batch:
+    assert [(v.dtype, tuple(v.shape)) for v in loaded["views"]] == [(torch.uint8, (8, 1, 28, 28))]
+    views = built.datamodule.on_after_batch_transfer(loaded, 0)["views"]
     assert [tuple(v.shape) for v in views] == [(8, 1, 28, 28)] * 2 + [(8, 1, 14, 14)] * 4
     built.trainer.fit(built.model, datamodule=built.datamodule)
     assert built.trainer.global_step == 1

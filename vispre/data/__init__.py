@@ -15,6 +15,8 @@ _EXPORTS = {  # public name -> (module under vispre.data, attribute)
     "BadSample": ("bad_samples", "BadSample"),
     "BadSampleCounter": ("bad_samples", "BadSampleCounter"),
     "BadSampleLimitError": ("bad_samples", "BadSampleLimitError"),
+    "BatchAugmentedViews": ("batch_views", "BatchAugmentedViews"),
+    "BatchMultiCropViews": ("batch_views", "BatchMultiCropViews"),
     "BatchSimCLRViews": ("batch_views", "BatchSimCLRViews"),
     "BatchViewTransform": ("batch_views", "BatchViewTransform"),
     "BlockMaskSpec": ("block_mask", "BlockMaskSpec"),

@@ -27,7 +27,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
-from vispre.data.transforms import SimCLRViews, ViewTransform, resize_center_crop
+from vispre.data.transforms import (AugmentedViews, MultiCropViews, SimCLRViews, ViewRecipe, ViewTransform,
+                                    resize_center_crop)
 from vispre.errors import VispreError
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range
@@ -225,56 +226,48 @@ def solarize(images: Tensor) -> Tensor:
     return torch.where(images >= 128 / 255, 1 - images, images)
 
 
-class BatchSimCLRViews(BatchViewTransform, SimCLRViews):
-    """:class:`~vispre.data.SimCLRViews` made on the whole batch (same arguments, same distributions).
+class BatchAugmentedViews(BatchViewTransform, AugmentedViews):
+    """The views of an :class:`~vispre.data.transforms.AugmentedViews` (one recipe per view) made on the whole
+    batch, with the same distributions. Per view and per sample: RandomResizedCrop box (bicubic) and flip; with
+    ``jitter_prob`` the four ColorJitter ops in a random order with random factors; grey with ``grey_prob``;
+    Gaussian blur and solarise with the view's probability; normalise. On 1-channel images saturation, hue and
+    grey are no-ops, as in torchvision. Subclasses set ``load_size`` through :meth:`set_load_size`.
 
-    Per view and per sample: RandomResizedCrop box (bicubic) and flip; with ``jitter_prob`` the four ColorJitter
-    ops in a random order with random factors; grey with ``grey_prob``; Gaussian blur and solarise with the
-    view's probability; normalise. On 1-channel images saturation, hue and grey are no-ops, as in torchvision.
-
-    Args:
-        load_size: the side images are stacked at before augmenting (shorter side resized, centre crop;
-            default ``img_size``): crops are taken from this image, so for photos use more than ``img_size``
-            (e.g. 256 for 224 views). Other args: :class:`~vispre.data.SimCLRViews`.
-
-    Returns (:meth:`batch_views`): ``[view1, view2]``, each float [B, C, img_size, img_size].
+    Returns (:meth:`batch_views`): one float [B, C, recipe.size, recipe.size] per recipe.
     """
 
-    def __init__(self, load_size: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.load_size = int(load_size or self.img_size)
+    def set_load_size(self, load_size: int | None, default: int) -> None:
+        self.load_size = int(default if load_size is None else load_size)
         if self.load_size < 1:
             raise VispreError(f"load_size must be >= 1, got {load_size}")
-        self.mean, self.std = tuple(float(m) for m in self.photo.mean), tuple(float(s) for s in self.photo.std)
-        self.blur_kernel = max(3, int(0.1 * self.img_size) // 2 * 2 + 1)  # as the per-image pipeline
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(load_size={self.load_size}, {self.transform!r})"
 
     def batch_views(self, images: Tensor) -> list[Tensor]:
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise VispreError(f"BatchSimCLRViews takes the uint8 [B, C, H, W] batch it loaded, got "
+            raise VispreError(f"{type(self).__name__} takes the uint8 [B, C, H, W] batch it loaded, got "
                               f"{images.dtype} {tuple(images.shape)}")
         x = images.float() / 255.0
-        return [self.one_view(x, blur, solarize) for blur, solarize in zip(self.blur_probs, self.solarize_probs)]
+        return [self.one_view(x, recipe) for recipe in self.recipes]
 
-    def one_view(self, images: Tensor, blur_prob: float, solarize_prob: float) -> Tensor:
-        """float [B, C, H, W] in [0, 1] -> one normalised view float [B, C, img_size, img_size]."""
+    def one_view(self, images: Tensor, recipe: ViewRecipe) -> Tensor:
+        """float [B, C, H, W] in [0, 1] -> one normalised view float [B, C, recipe.size, recipe.size]."""
         count, chans, height, width = images.shape
-        boxes = resized_crop_boxes(count, height, width, self.scale)
+        boxes = resized_crop_boxes(count, height, width, recipe.scale)
         flip = torch.rand(count) < self.hflip
-        x = crop_resize(images, boxes, self.img_size, flip).clamp(0, 1)
+        x = crop_resize(images, boxes, recipe.size, flip).clamp(0, 1)
         x = self.jitter(x)
         if self.photo.grey_prob > 0 and chans == 3:
             x = apply_to(torch.rand(count) < self.photo.grey_prob, lambda part: grey(part).expand_as(part), x)
-        if blur_prob > 0:
+        if recipe.blur_prob > 0:
             sigma = torch.empty(count).uniform_(*self.photo.blur_sigma)
-            x = apply_to(torch.rand(count) < blur_prob, partial(gaussian_blur, kernel_size=self.blur_kernel), x,
-                         sigma)
-        if solarize_prob > 0:
-            x = apply_to(torch.rand(count) < solarize_prob, solarize, x)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+            kernel = max(3, int(0.1 * recipe.size) // 2 * 2 + 1)  # as the per-image pipeline
+            x = apply_to(torch.rand(count) < recipe.blur_prob, partial(gaussian_blur, kernel_size=kernel), x, sigma)
+        if recipe.solarize_prob > 0:
+            x = apply_to(torch.rand(count) < recipe.solarize_prob, solarize, x)
+        mean = torch.tensor([float(m) for m in self.photo.mean], device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor([float(s) for s in self.photo.std], device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
 
     def jitter(self, images: Tensor) -> Tensor:
@@ -297,6 +290,40 @@ class BatchSimCLRViews(BatchViewTransform, SimCLRViews):
         return x
 
 
-__all__ = ["BatchSimCLRViews", "BatchViewTransform", "adjust_brightness", "adjust_contrast", "adjust_hue",
-           "adjust_saturation", "apply_batch_views", "apply_to", "crop_resize", "gaussian_blur", "grey", "hsv_to_rgb",
-           "resized_crop_boxes", "rgb_to_hsv", "solarize"]
+class BatchSimCLRViews(BatchAugmentedViews, SimCLRViews):
+    """:class:`~vispre.data.SimCLRViews` made on the whole batch (same arguments, same distributions; the ops
+    of :class:`BatchAugmentedViews`).
+
+    Args:
+        load_size: the side images are stacked at before augmenting (shorter side resized, centre crop;
+            default ``img_size``): crops are taken from this image, so for photos use more than ``img_size``
+            (e.g. 256 for 224 views). Other args: :class:`~vispre.data.SimCLRViews`.
+
+    Returns (:meth:`batch_views`): ``[view1, view2]``, each float [B, C, img_size, img_size].
+    """
+
+    def __init__(self, load_size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.set_load_size(load_size, self.img_size)
+
+
+class BatchMultiCropViews(BatchAugmentedViews, MultiCropViews):
+    """:class:`~vispre.data.MultiCropViews` (DINO / iBOT / DINOv2 / POA multi-crop) made on the whole batch
+    (same arguments, same distributions; the ops of :class:`BatchAugmentedViews`).
+
+    Args:
+        load_size: the side images are stacked at (default ``global_size``). Other args:
+            :class:`~vispre.data.MultiCropViews`.
+
+    Returns (:meth:`batch_views`): ``[global1, global2, local1, ..., localN]``: globals float
+    [B, C, global_size, global_size], locals float [B, C, local_size, local_size].
+    """
+
+    def __init__(self, load_size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.set_load_size(load_size, self.global_size)
+
+
+__all__ = ["BatchAugmentedViews", "BatchMultiCropViews", "BatchSimCLRViews", "BatchViewTransform", "adjust_brightness",
+           "adjust_contrast", "adjust_hue", "adjust_saturation", "apply_batch_views", "apply_to", "crop_resize",
+           "gaussian_blur", "grey", "hsv_to_rgb", "resized_crop_boxes", "rgb_to_hsv", "solarize"]

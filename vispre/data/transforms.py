@@ -117,18 +117,43 @@ class _Photometric(NamedTuple):
     std: Sequence[float]
 
 
-def _augmented_view(img_size: int, scale: Sequence[float], hflip: float, photo: _Photometric, blur_prob: float,
-                    solarize_prob: float) -> v2.Compose:
-    """Crop + flip + photometric ops + normalise: uint8/PIL image -> float [C, img_size, img_size]."""
+class ViewRecipe(NamedTuple):
+    """One random view of a multi-view transform: output side, crop area range, blur and solarise probability."""
+
+    size: int
+    scale: tuple[float, float]
+    blur_prob: float
+    solarize_prob: float
+
+
+def _augmented_view(recipe: ViewRecipe, hflip: float, photo: _Photometric) -> v2.Compose:
+    """Crop + flip + photometric ops + normalise: uint8/PIL image -> float [C, recipe.size, recipe.size]."""
     return v2.Compose([
         v2.ToImage(),
-        v2.RandomResizedCrop(img_size, scale=tuple(scale), interpolation=v2.InterpolationMode.BICUBIC,
+        v2.RandomResizedCrop(recipe.size, scale=tuple(recipe.scale), interpolation=v2.InterpolationMode.BICUBIC,
                              antialias=True),
         v2.RandomHorizontalFlip(hflip),
-        *_photometric(photo.jitter, photo.jitter_prob, photo.grey_prob, blur_prob, photo.blur_sigma,
-                      solarize_prob, img_size),
+        *_photometric(photo.jitter, photo.jitter_prob, photo.grey_prob, recipe.blur_prob, photo.blur_sigma,
+                      recipe.solarize_prob, recipe.size),
         *_to_float(photo.mean, photo.std)[1:],
     ])
+
+
+class AugmentedViews(ViewTransform):
+    """Views made by one recipe each (crop, flip, photometric ops, normalise), the shared core of
+    :class:`SimCLRViews` and :class:`MultiCropViews`; the batched versions (vispre.data.batch_views) read
+    ``recipes``, ``hflip`` and ``photo`` to make the same views on a whole batch.
+
+    Returns (call): one float [C, recipe.size, recipe.size] per recipe.
+    """
+
+    def __init__(self, recipes: Sequence[ViewRecipe], hflip: float, photo: _Photometric) -> None:
+        self.recipes, self.hflip, self.photo = list(recipes), hflip, photo
+        self.num_views = len(self.recipes)
+        self.transform = [_augmented_view(recipe, hflip, photo) for recipe in self.recipes]
+
+    def __call__(self, image: Tensor | Image.Image) -> list[Tensor]:
+        return [view(image) for view in self.transform]
 
 
 def _per_view(value: float | Sequence[float], count: int, name: str) -> list[float]:
@@ -138,7 +163,7 @@ def _per_view(value: float | Sequence[float], count: int, name: str) -> list[flo
     return values
 
 
-class SimCLRViews(ViewTransform):
+class SimCLRViews(AugmentedViews):
     """Two augmented views of one image (SimCLR, Chen et al. 2020, arXiv 2002.05709; BYOL's asymmetric
     blur/solarise through per-view probabilities). Grey-scale safe: on [1, H, W] images saturation, hue
     and grey conversion are no-ops and the output keeps one channel.
@@ -152,8 +177,6 @@ class SimCLRViews(ViewTransform):
     Returns (call): ``[view1, view2]``, each float [C, img_size, img_size].
     """
 
-    num_views = 2
-
     def __init__(self, img_size: int = 224, scale: tuple[float, float] = (0.08, 1.0), hflip: float = 0.5,
                  brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.2, hue: float = 0.1,
                  jitter_prob: float = 0.8, grey_prob: float = 0.2,
@@ -162,17 +185,12 @@ class SimCLRViews(ViewTransform):
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         blurs, solarizes = _per_view(blur_prob, 2, "blur_prob"), _per_view(solarize_prob, 2, "solarize_prob")
         photo = _Photometric((brightness, contrast, saturation, hue), jitter_prob, grey_prob, blur_sigma, mean, std)
-        # the settings, for BatchSimCLRViews (vispre.data.batch_views), which makes the same views batch-wise
-        self.img_size, self.scale, self.hflip, self.photo = img_size, tuple(scale), hflip, photo
-        self.blur_probs, self.solarize_probs = blurs, solarizes
-        self.transform = [_augmented_view(img_size, scale, hflip, photo, blur, solarize)
-                          for blur, solarize in zip(blurs, solarizes)]
-
-    def __call__(self, image: Tensor | Image.Image) -> list[Tensor]:
-        return [view(image) for view in self.transform]
+        self.img_size = img_size
+        recipes = [ViewRecipe(img_size, tuple(scale), blur, solarize) for blur, solarize in zip(blurs, solarizes)]
+        super().__init__(recipes, hflip, photo)
 
 
-class MultiCropViews(ViewTransform):
+class MultiCropViews(AugmentedViews):
     """Multi-crop (SwAV, Caron et al. 2020, arXiv 2006.09882; DINO recipe): 2 global views at
     ``global_size`` and ``num_local`` local views at ``local_size``, with the SimCLR photometric ops
     (global blur 1.0 / 0.1 and solarise 0 / 0.2 as in DINO, local blur 0.5). Grey-scale safe.
@@ -198,11 +216,8 @@ class MultiCropViews(ViewTransform):
         blurs = _per_view(global_blur_prob, 2, "global_blur_prob")
         solarizes = _per_view(global_solarize_prob, 2, "global_solarize_prob")
         photo = _Photometric((brightness, contrast, saturation, hue), jitter_prob, grey_prob, blur_sigma, mean, std)
-        globals_ = [_augmented_view(global_size, global_scale, hflip, photo, blur, solarize)
+        self.global_size = global_size
+        globals_ = [ViewRecipe(global_size, tuple(global_scale), blur, solarize)
                     for blur, solarize in zip(blurs, solarizes)]
-        local = _augmented_view(local_size, local_scale, hflip, photo, local_blur_prob, 0.0)
-        self.transform = [*globals_, *([local] * num_local)]
-        self.num_views = 2 + num_local
-
-    def __call__(self, image: Tensor | Image.Image) -> list[Tensor]:
-        return [view(image) for view in self.transform]
+        local = ViewRecipe(local_size, tuple(local_scale), local_blur_prob, 0.0)
+        super().__init__([*globals_, *([local] * num_local)], hflip, photo)
