@@ -1,8 +1,9 @@
-"""Batched view augmentation: SimCLR's random views of a whole batch at once, on the device it trains on.
+"""Batched view augmentation: SimCLR's views and multi-crop of a whole batch at once, on the device it trains on.
 
 A per-image torchvision pipeline costs ~0.4 ms per view on a 28 px image: for a 256-image batch of two views
 that is ~0.22 s of a loader worker, which on a 2-core machine competes with the training step for the cores
-(docs/data.md, "Views made on the batch"). :class:`BatchSimCLRViews` makes the same augmentations on the
+(docs/data.md, "Views made on the batch"). :class:`BatchSimCLRViews` (and :class:`BatchMultiCropViews` for
+multi-crop, both through :class:`BatchAugmentedViews`) makes the same augmentations on the
 stacked uint8 batch in a handful of tensor ops with per-sample random parameters: the loader only decodes,
 and the data module's ``on_after_batch_transfer`` hook (:func:`apply_batch_views`) makes the views after the
 batch reached the training device, the GPU when there is one.
@@ -28,7 +29,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
 from vispre.data.transforms import (AugmentedViews, MultiCropViews, SimCLRViews, ViewRecipe, ViewTransform,
-                                    resize_center_crop)
+                                    blur_kernel_size, resize_center_crop)
 from vispre.errors import VispreError
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range
@@ -262,8 +263,8 @@ class BatchAugmentedViews(BatchViewTransform, AugmentedViews):
             x = apply_to(torch.rand(count) < self.photo.grey_prob, lambda part: grey(part).expand_as(part), x)
         if recipe.blur_prob > 0:
             sigma = torch.empty(count).uniform_(*self.photo.blur_sigma)
-            kernel = max(3, int(0.1 * recipe.size) // 2 * 2 + 1)  # as the per-image pipeline
-            x = apply_to(torch.rand(count) < recipe.blur_prob, partial(gaussian_blur, kernel_size=kernel), x, sigma)
+            blur = partial(gaussian_blur, kernel_size=blur_kernel_size(recipe.size))
+            x = apply_to(torch.rand(count) < recipe.blur_prob, blur, x, sigma)
         if recipe.solarize_prob > 0:
             x = apply_to(torch.rand(count) < recipe.solarize_prob, solarize, x)
         mean = torch.tensor([float(m) for m in self.photo.mean], device=x.device).view(1, -1, 1, 1)

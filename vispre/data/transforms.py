@@ -88,12 +88,17 @@ class EvalView(ViewTransform):
         return [self.transform(image)]
 
 
+def blur_kernel_size(img_size: int) -> int:
+    """The Gaussian blur kernel side of a view: odd, ~10 % of the view's side (SimCLR), at least 3."""
+    return max(3, int(0.1 * img_size) // 2 * 2 + 1)
+
+
 def _photometric(jitter: tuple[float, float, float, float], jitter_prob: float, grey_prob: float,
                  blur_prob: float, blur_sigma: Sequence[float], solarize_prob: float,
                  img_size: int) -> list[v2.Transform]:
     """Colour jitter, grey, blur, solarise (SimCLR / BYOL); each is a no-op-safe op on 1-channel images
     (torchvision skips saturation/hue and grey conversion for a single channel)."""
-    kernel = max(3, int(0.1 * img_size) // 2 * 2 + 1)  # odd, ~10% of the side (SimCLR)
+    kernel = blur_kernel_size(img_size)
     ops: list[v2.Transform] = []
     if jitter_prob > 0 and any(jitter):
         ops.append(v2.RandomApply([v2.ColorJitter(*jitter)], p=jitter_prob))
