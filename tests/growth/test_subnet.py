@@ -199,7 +199,7 @@ def test_export_subnet_round_trip_through_vispre_and_plain_timm(tmp_path, capsys
 
 @pytest.mark.parametrize("variant", sorted(VIT_VARIANTS))
 def test_crops_of_another_size_match_the_dino_crop_encoder(variant: str) -> None:
-    from vispre.objectives.teacher import encode_crop
+    from vispre.backbones.crops import encode_crop
 
     m = model(**VIT_VARIANTS[variant])
     crops = torch.randn(2, 3, 16, 24, generator=torch.Generator().manual_seed(2), dtype=torch.float64)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import CONFIGS, CPU_TRAINER, build_run, cpu_trainer, fake_fashion_mnist, tiny_vit, write_shard_set
+from vispre.backbones.crops import encode_crop
 from vispre.commands.export import main as export_main
 from vispre.data.streaming import WebDatasetDataModule
 from vispre.data.synthetic import SyntheticDataModule
@@ -20,7 +21,6 @@ from vispre.errors import VispreError
 from vispre.heads import DINOHead
 from vispre.hub import load_backbone
 from vispre.objectives import DINO, OBJECTIVES
-from vispre.objectives.teacher import encode_crop
 from vispre.optim import AdamWRecipe
 from vispre.optim.schedules import cosine_value
 

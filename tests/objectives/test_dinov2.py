@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from tests.helpers import tiny_vit
+from vispre.backbones.crops import encode_crop
 from vispre.errors import VispreError
 from vispre.heads import DINOHead
 from vispre.losses import koleo_loss, sinkhorn_knopp
 from vispre.objectives import OBJECTIVES, DINOv2
-from vispre.objectives.teacher import encode_crop
 
 HEAD = partial(DINOHead, out_dim=16, hidden_dim=16, bottleneck_dim=8)
 B, N = 6, 16

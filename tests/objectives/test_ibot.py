@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import TINY_DECODER, cpu_trainer, tiny_vit
+from vispre.backbones.crops import encode_crop
 from vispre.backbones.weights import backbone_state_dict
 from vispre.data.synthetic import SyntheticDataModule
 from vispre.data.transforms import MultiCropViews
 from vispre.errors import VispreError
 from vispre.heads import DINOHead
 from vispre.objectives import IBOT, MAE, OBJECTIVES, MultiObjective
-from vispre.objectives.teacher import encode_crop
 
 HEAD = partial(DINOHead, out_dim=16, hidden_dim=16, bottleneck_dim=8)
 B, N = 4, 16

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from tests.helpers import tiny_vit
+from vispre.backbones.crops import check_crop, encode_crop
 from vispre.errors import VispreError
-from vispre.objectives.teacher import DistillSchedule, EMATeacher, check_crop, encode_crop
+from vispre.objectives.teacher import DistillSchedule, EMATeacher
 
 
 def test_teacher_is_a_frozen_copy_without_randomness() -> None:

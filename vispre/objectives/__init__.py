@@ -3,6 +3,7 @@ and their explicit registry."""
 
 from collections.abc import Callable
 
+from vispre.backbones.crops import encode_crop
 from vispre.objectives.amcl import amcl_barlow_twins, amcl_moco_v3, amcl_simclr
 from vispre.objectives.barlow_twins import BarlowTwins
 from vispre.objectives.base import Batch, LossFactory, PretrainObjective, build_loss, two_views
@@ -15,7 +16,7 @@ from vispre.objectives.dino import DINO, SelfDistillation
 from vispre.objectives.dinov2 import DINOv2
 from vispre.objectives.ibot import IBOT
 from vispre.objectives.poa import POA
-from vispre.objectives.teacher import DistillSchedule, EMATeacher, encode_crop
+from vispre.objectives.teacher import DistillSchedule, EMATeacher
 
 OBJECTIVES: dict[str, Callable[..., PretrainObjective]] = {
     "mae": MAE,

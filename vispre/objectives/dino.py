@@ -10,13 +10,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from vispre.backbones.crops import check_crop, encode_crop
 from vispre.backbones.vit import MaskedViT
 from vispre.errors import VispreError
 from vispre.heads.dino_head import DINOHead
 from vispre.heads.projection import HeadFactory
 from vispre.losses.dino import dino_loss, dino_teacher_probs, sinkhorn_knopp, update_center
 from vispre.objectives.base import Batch, PretrainObjective
-from vispre.objectives.teacher import DistillSchedule, EMATeacher, check_crop, encode_crop, steps_per_epoch
+from vispre.objectives.teacher import DistillSchedule, EMATeacher, steps_per_epoch
 from vispre.optim import OptimizerRecipe
 
 CENTERINGS = ("center", "sinkhorn_knopp")

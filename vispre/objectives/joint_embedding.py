@@ -10,11 +10,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from vispre.backbones.crops import check_crop, encode_crop
 from vispre.backbones.vit import MaskedViT
 from vispre.errors import VispreError
 from vispre.heads.projection import HeadFactory
 from vispre.objectives.base import Batch, LossFactory, PretrainObjective, build_loss, two_views
-from vispre.objectives.teacher import check_crop, encode_crop
 from vispre.optim import OptimizerRecipe
 
 

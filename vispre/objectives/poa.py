@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vispre.backbones.crops import encode_crop
 from vispre.backbones.vit import MaskedViT
 from vispre.errors import VispreError
 from vispre.growth.subnet import (SubnetLayout, SubnetSpec, elastic_subnets, subnet_features, subnet_layout,
@@ -29,7 +30,6 @@ from vispre.growth.subnet import (SubnetLayout, SubnetSpec, elastic_subnets, sub
 from vispre.losses.dino import dino_loss
 from vispre.objectives.base import Batch
 from vispre.objectives.dino import DINO, Crops
-from vispre.objectives.teacher import encode_crop
 
 
 def elastic_distill_loss(elastic_logits: Tensor, intact_logits: Tensor, num_global: int,
