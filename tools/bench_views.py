@@ -54,11 +54,10 @@ SETTINGS = {  # name -> (per-image class, batched class, view arguments, images 
     "rgb_224px_from_256px_batch64": (SimCLRViews, BatchSimCLRViews, dict(img_size=224), random_photos),
     "dino_multicrop_2x28_4x14_grey_batch256": (MultiCropViews, BatchMultiCropViews, DINO_VIEWS, fashion_mnist_batch),
 }
-RECIPES = {  # --recipe -> (configs, per-image view class path, batched view class path, needs the shards)
+RECIPES = {  # --recipe -> (configs, per-image view class, batched view class, needs the shards)
     "quickstart": (["configs/simclr/vit_p14_max_fashion_mnist.yaml", "configs/data/fashion_mnist_wds_two_views.yaml"],
-                   "vispre.data.SimCLRViews", "vispre.data.BatchSimCLRViews", True),
-    "dino": (["configs/dino/vit_tiny_fashion_mnist.yaml"], "vispre.data.MultiCropViews",
-             "vispre.data.BatchMultiCropViews", False),
+                   SimCLRViews, BatchSimCLRViews, True),
+    "dino": (["configs/dino/vit_tiny_fashion_mnist.yaml"], MultiCropViews, BatchMultiCropViews, False),
 }
 
 
@@ -99,8 +98,8 @@ def time_fit(recipe: str, batches: int, rounds: int) -> dict[str, dict[str, obje
         subprocess.run([*vispre, "shards", "fashion-mnist", str(ROOT / "data/fashion_mnist_wds")], check=True)
     base = [*vispre, "fit", *(arg for config in configs for arg in ("--config", str(ROOT / config))),
             "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false"]
-    variants = {"per_image": [f"--data.init_args.view.class_path={per_image_view}"],
-                "batched": [f"--data.init_args.view.class_path={batched_view}"]}
+    variants = {"per_image": [f"--data.init_args.view.class_path=vispre.data.{per_image_view.__name__}"],
+                "batched": [f"--data.init_args.view.class_path=vispre.data.{batched_view.__name__}"]}
     seconds: dict[str, dict[int, list[float]]] = {name: {10: [], batches: []} for name in variants}
     with tempfile.TemporaryDirectory() as runs:
         for round_ in range(rounds):

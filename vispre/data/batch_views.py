@@ -237,8 +237,10 @@ class BatchAugmentedViews(BatchViewTransform, AugmentedViews):
     Returns (:meth:`batch_views`): one float [B, C, recipe.size, recipe.size] per recipe.
     """
 
-    def set_load_size(self, load_size: int | None, default: int) -> None:
-        self.load_size = int(default if load_size is None else load_size)
+    def set_load_size(self, load_size: int | None) -> None:
+        """``load_size``, or by default the largest view's side (SimCLR's ``img_size``, multi-crop's
+        ``global_size``)."""
+        self.load_size = int(max(recipe.size for recipe in self.recipes) if load_size is None else load_size)
         if self.load_size < 1:
             raise VispreError(f"load_size must be >= 1, got {load_size}")
 
@@ -305,7 +307,7 @@ class BatchSimCLRViews(BatchAugmentedViews, SimCLRViews):
 
     def __init__(self, load_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.set_load_size(load_size, self.img_size)
+        self.set_load_size(load_size)
 
 
 class BatchMultiCropViews(BatchAugmentedViews, MultiCropViews):
@@ -322,7 +324,7 @@ class BatchMultiCropViews(BatchAugmentedViews, MultiCropViews):
 
     def __init__(self, load_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.set_load_size(load_size, self.global_size)
+        self.set_load_size(load_size)
 
 
 __all__ = ["BatchAugmentedViews", "BatchMultiCropViews", "BatchSimCLRViews", "BatchViewTransform", "adjust_brightness",

@@ -190,7 +190,6 @@ class SimCLRViews(AugmentedViews):
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         blurs, solarizes = _per_view(blur_prob, 2, "blur_prob"), _per_view(solarize_prob, 2, "solarize_prob")
         photo = _Photometric((brightness, contrast, saturation, hue), jitter_prob, grey_prob, blur_sigma, mean, std)
-        self.img_size = img_size
         recipes = [ViewRecipe(img_size, tuple(scale), blur, solarize) for blur, solarize in zip(blurs, solarizes)]
         super().__init__(recipes, hflip, photo)
 
@@ -221,7 +220,6 @@ class MultiCropViews(AugmentedViews):
         blurs = _per_view(global_blur_prob, 2, "global_blur_prob")
         solarizes = _per_view(global_solarize_prob, 2, "global_solarize_prob")
         photo = _Photometric((brightness, contrast, saturation, hue), jitter_prob, grey_prob, blur_sigma, mean, std)
-        self.global_size = global_size
         globals_ = [ViewRecipe(global_size, tuple(global_scale), blur, solarize)
                     for blur, solarize in zip(blurs, solarizes)]
         local = ViewRecipe(local_size, tuple(local_scale), local_blur_prob, 0.0)
