@@ -32,7 +32,7 @@ def test_every_block_pooled_and_the_last_equals_the_suite_features() -> None:
 
 def test_untrained_vit_is_seeded() -> None:
     a, b = untrained_vit(3), untrained_vit(3)
-    assert (len(a.blocks), a.embed_dim, a.global_pool, a.patch_embed.patch_size) == (3, 256, "max", (14, 14))
+    assert (len(a.blocks), a.embed_dim, a.global_pool, a.patch_embed.patch_size) == (1, 512, "max", (14, 14))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
